@@ -1,0 +1,112 @@
+"""What a request asks (``RequestSpec``) and what happened to it (``RequestRecord``).
+
+Records hold raw timestamps only; every metric is computed afterwards from them (``loadgen.core.metrics``), so the
+asyncio runner and the Locust front end report numbers from the same code path.
+
+Time base: every ``*_ns`` field is nanoseconds on the monotonic clock *relative to the run's t0* (the
+``anchor`` in ``config.json`` pairs t0 with the wall clock). Token arrival times are stored compactly as
+``chunk_offsets_us``: microseconds after ``issued_ns``, one entry per token-bearing chunk, with ``chunk_tokens``
+giving how many tokens that chunk carried (a chunk can carry several: speculative decoding, detokenizer buffering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Final states of a request.
+STATUS_OK = "ok"  # the response completed without an error (it may still be short: see metrics)
+STATUS_ERROR = "error"  # an error: see error_kind
+STATUS_DROPPED = "dropped"  # never issued: the client was late and --on-late drop was in force
+STATUS_CANCELLED = "cancelled"  # in flight when the run stopped (duration reached, Ctrl-C, fatal error)
+
+# Error kinds, so that reports can count errors by kind.
+ERR_HTTP = "http_status"  # a non-2xx status before streaming (http_status says which)
+ERR_STREAM = "stream_error"  # the server reported an error inside a stream that had started (after HTTP 200)
+ERR_TIMEOUT = "timeout"  # --request-timeout passed
+ERR_CONNECTION = "connection"  # refused, reset or closed mid-response
+ERR_PROTOCOL = "protocol"  # a response the codec could not understand (malformed SSE/JSON)
+ERROR_KINDS = (ERR_HTTP, ERR_STREAM, ERR_TIMEOUT, ERR_CONNECTION, ERR_PROTOCOL)
+
+
+@dataclass(slots=True)
+class RequestSpec:
+    """One request of the workload, fully decided before the run's clock starts mattering."""
+
+    index: int  # position in the schedule (also the stripe key in distributed runs)
+    prompt: str  # the text sent (or the chat user message)
+    input_tokens: int  # prompt length in tokens as built (by the named tokenizer, or the word-level estimate)
+    max_tokens: int  # output tokens asked for
+    min_tokens: int | None = None  # ask the server to generate at least this many (honour the requested length)
+    prefix_group: int | None = None  # requests with the same group share a prompt prefix (traces with hash ids)
+    params: dict[str, Any] = field(default_factory=dict)  # pass-through sampling / backend parameters
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    index: int
+    scheduled_ns: int
+    issued_ns: int | None = None
+    first_byte_ns: int | None = None  # first byte of the response body (any byte, token or not)
+    end_ns: int | None = None  # end of the response (stream closed / final response), or when the error was seen
+    chunk_offsets_us: list[int] = field(default_factory=list)  # token-bearing chunks, µs after issued_ns
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens in each of those chunks (client count)
+    status: str = STATUS_CANCELLED
+    error_kind: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    input_tokens: int = 0  # requested prompt length (client side)
+    max_tokens: int = 0  # requested output length
+    server_input_tokens: int | None = None  # server's count (OpenAI usage.prompt_tokens, TRT-LLM num_input_tokens)
+    server_output_tokens: int | None = None  # server's count (usage.completion_tokens, num_output_tokens)
+    server_perf: dict[str, int] | None = None  # TRT-LLM perf metrics when asked for (server clock, ns)
+    worker: int = 0  # generator worker / process that sent it
+    replica: str | None = None  # which server instance answered, when the server says
+
+    # -- derived views -------------------------------------------------------------------------------------
+    @property
+    def client_output_tokens(self) -> int:
+        return sum(self.chunk_tokens)
+
+    @property
+    def output_tokens(self) -> int:
+        """Server count where the server gave one, else the client count (METRICS.md)."""
+        if self.server_output_tokens is not None:
+            return self.server_output_tokens
+        return self.client_output_tokens
+
+    def chunk_times_ns(self) -> list[int]:
+        """Absolute (run-relative) arrival time of each token-bearing chunk."""
+        if self.issued_ns is None:
+            return []
+        base = self.issued_ns
+        return [base + off * 1000 for off in self.chunk_offsets_us]
+
+    @property
+    def first_token_ns(self) -> int | None:
+        if not self.chunk_offsets_us or self.issued_ns is None:
+            return None
+        return self.issued_ns + self.chunk_offsets_us[0] * 1000
+
+    @property
+    def last_token_ns(self) -> int | None:
+        if not self.chunk_offsets_us or self.issued_ns is None:
+            return None
+        return self.issued_ns + self.chunk_offsets_us[-1] * 1000
+
+    # -- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # Drop empty optional fields to keep the JSONL small; from_dict restores the defaults.
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        known = _FIELD_NAMES
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(RequestRecord))
