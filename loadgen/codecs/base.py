@@ -1,0 +1,63 @@
+"""What every codec shares: the per-stream parser protocol and its totals.
+
+A codec is sans-IO: it turns a ``RequestSpec`` into what goes on the wire and turns what came back (bytes of an
+HTTP body, or one gRPC response at a time) into token counts and errors. It never reads a clock and never does
+I/O, so one codec serves the asyncio transports, the Locust (gevent) transports and the unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class StreamTotals:
+    """What a finished stream told us beyond per-chunk token counts."""
+
+    server_input_tokens: int | None = None
+    server_output_tokens: int | None = None
+    perf: dict[str, int] | None = None
+    error: str | None = None  # an error reported inside the stream (after the status line)
+    protocol_error: str | None = None  # the stream could not be understood
+    completed: bool = False  # the server said the response is complete ([DONE], final flag, clean end)
+    tail_tokens: int = 0  # tokens found only when the body ended (an event without its blank line, a JSON body)
+    replica: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamParser(Protocol):
+    def feed(self, data: bytes) -> int:
+        """Consume one network chunk; return the number of output tokens that chunk completed (0 if none)."""
+        ...
+
+    def finish(self) -> StreamTotals:
+        """The body ended (cleanly or not): return what the stream reported."""
+        ...
+
+
+def scalar(value: Any) -> Any:
+    """Unwrap Triton's JSON tensors: ``5``, ``[5]`` and ``[[5]]`` all mean 5."""
+    while isinstance(value, list):
+        if not value:
+            return None
+        value = value[0]
+    return value
+
+
+def parse_extra(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs from the command line; VALUE is JSON when it parses as JSON, else a string."""
+    import orjson
+
+    from loadgen.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} temperature=0.0")
+        try:
+            out[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            out[key] = raw
+    return out

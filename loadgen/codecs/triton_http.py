@@ -1,0 +1,133 @@
+"""Triton's HTTP generate extension (``/v2/models/{m}/generate_stream``) for TensorRT-LLM-style string models.
+
+The stream is SSE with one JSON object per model response and no terminator: it ends when the chunked body ends.
+An error can arrive as ``data: {"error": "..."}`` after HTTP 200 (the status is fixed by the first response).
+Streaming TensorRT-LLM sends only the new token(s) per response; when the model reports ``num_output_tokens`` the
+count per response is taken from it (several tokens in one response are then counted as such), otherwise each
+response with non-empty ``text_output`` counts as one token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from loadgen.codecs.base import StreamTotals, scalar
+from loadgen.codecs.sse import SSEDecoder
+from loadgen.core.records import RequestSpec
+
+# Optional inputs of the TensorRT-LLM ensemble/BLS interface that the codec sets when the model declares them.
+OPTIONAL_FLAGS = ("return_num_input_tokens", "return_num_output_tokens")
+PERF_FIELDS = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
+               "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks")
+
+
+class TritonGenerateCodec:
+    name = "triton-http"
+
+    def __init__(self, model: str, *, model_inputs: set[str] | None = None, stream: bool = True,
+                 perf_metrics: bool = False, extra: dict[str, Any] | None = None,
+                 parameters: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.stream = stream
+        self.model_inputs = model_inputs
+        self.perf_metrics = perf_metrics and (model_inputs is None or "return_perf_metrics" in model_inputs)
+        self.extra = dict(extra or {})
+        self.parameters = dict(parameters or {})
+        endpoint = "generate_stream" if stream else "generate"
+        self.path = f"/v2/models/{model}/{endpoint}"
+
+    def _declares(self, name: str) -> bool:
+        return self.model_inputs is not None and name in self.model_inputs
+
+    def body(self, spec: RequestSpec) -> bytes:
+        body: dict[str, Any] = {"text_input": spec.prompt, "max_tokens": spec.max_tokens}
+        if self.model_inputs is None or "stream" in self.model_inputs:
+            body["stream"] = self.stream
+        if spec.min_tokens and self._declares("min_tokens"):
+            body["min_tokens"] = spec.min_tokens
+        if self.stream is False and self._declares("exclude_input_in_output"):
+            body["exclude_input_in_output"] = True
+        for flag in OPTIONAL_FLAGS:
+            if self._declares(flag):
+                body[flag] = True
+        if self.perf_metrics:
+            body["return_perf_metrics"] = True
+        body.update(self.extra)
+        body.update(spec.params)
+        if self.parameters:
+            body["parameters"] = self.parameters
+        return orjson.dumps(body)
+
+    def parser(self) -> TritonStreamParser:
+        return TritonStreamParser()
+
+
+class TritonStreamParser:
+    """Parses the generate_stream body; also accepts a plain JSON body (``generate``, or an error before SSE)."""
+
+    __slots__ = ("_sse", "_totals", "_out", "_in", "_plain")
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._totals = StreamTotals()
+        self._out: int | None = None
+        self._in: int | None = None
+        self._plain = b""
+
+    def feed(self, data: bytes) -> int:
+        tokens = 0
+        for payload in self._sse.feed(data):
+            tokens += self._event(payload)
+        return tokens
+
+    def _event(self, payload: bytes) -> int:
+        t = self._totals
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            t.protocol_error = f"malformed JSON in stream: {payload[:80]!r}"
+            return 0
+        if not isinstance(obj, dict):
+            t.protocol_error = f"unexpected stream event: {payload[:80]!r}"
+            return 0
+        if "error" in obj:
+            t.error = str(obj["error"])
+            return 0
+        n_in = scalar(obj.get("num_input_tokens"))
+        if n_in is not None:
+            self._in = int(n_in)
+        for key in PERF_FIELDS:
+            if key in obj:
+                if t.perf is None:
+                    t.perf = {}
+                v = scalar(obj[key])
+                if v is not None:
+                    t.perf[key] = int(v)
+        n_out = scalar(obj.get("num_output_tokens"))
+        if n_out is not None:
+            n = int(n_out)
+            self._out = (self._out or 0) + n
+            return n
+        text = scalar(obj.get("text_output"))
+        return 1 if text else 0
+
+    def finish(self) -> StreamTotals:
+        t = self._totals
+        pending = self._sse.pending.strip()
+        if pending and not pending.startswith(b"data"):
+            # Not SSE at all: a plain JSON body (non-streaming generate or an error object).
+            try:
+                obj = orjson.loads(pending)
+            except orjson.JSONDecodeError:
+                t.protocol_error = f"response is neither SSE nor JSON: {pending[:80]!r}"
+            else:
+                t.tail_tokens = self._event(orjson.dumps(obj)) if isinstance(obj, dict) else 0
+        else:
+            for payload in self._sse.flush():
+                t.tail_tokens += self._event(payload)
+        t.server_input_tokens = self._in
+        t.server_output_tokens = self._out
+        t.completed = t.error is None and t.protocol_error is None
+        return t
