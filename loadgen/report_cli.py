@@ -1,0 +1,94 @@
+"""``loadgen report RUN_DIR [RUN_DIR ...]``: re-render saved levels side by side, or print them as JSON.
+
+A run directory normally holds ``summary.json``. A crashed run may have only ``records.jsonl`` and ``config.json``:
+its summary is then recomputed from the records (the same ``summarize`` the runner uses) and the report says so,
+so a crash never costs the numbers of what did complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+
+from loadgen.core.metrics import metrics_help
+from loadgen.core.summary import LevelContext, load_records, summarize
+from loadgen.errors import UsageError
+from loadgen.report import render_report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (one row per level)")
+    parser.add_argument("--json", action="store_true", help="print the summaries as one JSON list instead")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = metrics_help()
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return orjson.loads(path.read_bytes())
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from err
+    except orjson.JSONDecodeError as err:
+        raise UsageError(f"{path}: not valid JSON ({err}); re-run the level or remove the file") from err
+
+
+def _recompute(run_dir: Path) -> dict:
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{run_dir}: has records.jsonl but no summary.json or config.json to recompute it from")
+    config = _read_json(config_path)
+    if not isinstance(config, dict) or not isinstance(config.get("level_context"), dict):
+        raise UsageError(f"{config_path}: no 'level_context' object; cannot recompute the summary")
+    ctx = LevelContext.from_dict(config["level_context"], source=str(config_path))
+    records = load_records(run_dir / "records.jsonl")
+    summary = summarize(records, ctx)
+    summary["recomputed"] = True
+    return summary
+
+
+def load_run_dir(run_dir: str | Path) -> tuple[list[dict], str | None]:
+    """(summaries of ``run_dir``, a note when they were recomputed from records). ``summary.json`` may hold one
+    summary or a list of them (a sweep)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UsageError(f"{run_dir}: not a run directory (it does not exist or is not a directory)")
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        data = _read_json(summary_path)
+        items = data if isinstance(data, list) else [data]
+        if not items or not all(isinstance(s, dict) for s in items):
+            raise UsageError(f"{summary_path}: expected a summary object or a list of them")
+        return list(items), None
+    if (path / "records.jsonl").is_file():
+        summary = _recompute(path)
+        note = f"{run_dir}: no summary.json; recomputed from records.jsonl"
+        skipped = summary.get("records_skipped") or 0
+        if skipped:
+            note += f" (skipped {skipped} truncated last line)"
+        return [summary], note
+    raise UsageError(f"{run_dir}: no summary.json or records.jsonl; is this a loadgen run directory?")
+
+
+def execute(args: argparse.Namespace) -> int:
+    summaries: list[dict] = []
+    notes: list[str] = []
+    for run_dir in args.run_dirs:
+        items, note = load_run_dir(run_dir)
+        if note:
+            notes.append(note)
+        if len(args.run_dirs) > 1:
+            for s in items:
+                s.setdefault("label", f"{Path(run_dir).name}/{s.get('name', '?')}")
+        summaries.extend(items)
+    for note in notes:
+        print(f"loadgen report: {note}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    title = "loadgen report: " + ", ".join(str(d) for d in args.run_dirs)
+    render_report(summaries, Console(), title=title)
+    return 0

@@ -1,0 +1,162 @@
+"""The Rich report (numbers, warnings, legend, width handling) and the ``loadgen report`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import orjson
+import pytest
+from rich.console import Console
+
+from loadgen.cli import main as cli_main
+from loadgen.core.metrics import REQUEST_METRICS
+from loadgen.core.records import RequestRecord
+from loadgen.core.summary import LevelContext, summarize
+from loadgen.errors import UsageError
+from loadgen.report import render_report, report_text
+from loadgen.report_cli import configure, execute
+
+MS = 1_000_000
+
+
+def _records(n: int = 100, period_ms: float = 10.0, ttft_ms: float = 12.5) -> list[RequestRecord]:
+    out = []
+    for i in range(n):
+        sched = int(i * period_ms * MS)
+        offs = [int(ttft_ms * 1000) + j * 4000 for j in range(5)]  # µs after issue: ITL 4 ms
+        out.append(RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched, end_ns=sched + offs[-1] * 1000,
+                                 chunk_offsets_us=offs, chunk_tokens=[1] * 5, status="ok", max_tokens=5,
+                                 input_tokens=20))
+    return out
+
+
+def _ctx(name: str, rate: float, **kw) -> LevelContext:
+    return LevelContext(name=name, target_rate=rate, run_end_ns=1000 * MS, prompt_method="synthetic words, n=20",
+                        slo={"ttft": 0.02}, **kw)
+
+
+@pytest.fixture
+def summaries() -> list[dict]:
+    good = summarize(_records(), _ctx("rate-100", 100.0))
+    # 150 req/s scheduled, but every third request was dropped by a late client: achieved 100 of 150, invalid
+    behind = _records(150, period_ms=1000 / 150)
+    for r in behind[2::3]:
+        r.issued_ns = r.end_ns = None
+        r.chunk_offsets_us, r.chunk_tokens, r.status = [], [], "dropped"
+    short = summarize(behind, _ctx("rate-150", 150.0))
+    return [good, short]
+
+
+def _render(summaries: list[dict], width: int) -> str:
+    console = Console(record=True, width=width, color_system=None)
+    render_report(summaries, console, title="test run")
+    return console.export_text()
+
+
+def test_report_shows_numbers_warnings_prompt_method_and_legend(summaries):
+    text = _render(summaries, 120)
+    row = next(line for line in text.splitlines() if line.strip().startswith("rate-100") and "12.5" in line)
+    # TTFT p50 p90 p99, TPOT, ITL, E2E p50 p90 p99 from issued time, one table at 120 columns
+    assert re.search(r"12\.5\s+12\.5\s+12\.5\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+28\.5", row)
+    assert re.search(r"rate-150\s+150\s+100\s+100\s+100\s+500\s+2,500", text)  # target, achieved, done, goodput, tok/s
+    assert "INVALID rate-150: achieved rate 100 req/s is 66.7% of the scheduled 150 req/s" in text
+    assert "INVALID rate-100" not in text
+    assert "Prompts: synthetic words, n=20" in text
+    assert "SLO of rate-100: ttft <= 20 ms" in text
+    for metric in REQUEST_METRICS:
+        assert metric.definition.split()[0] in text
+    assert "(1/2)" not in text
+    assert max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_warning_lines_are_red(summaries):
+    console = Console(record=True, width=120, color_system="truecolor", force_terminal=True)
+    render_report(summaries, console)
+    html = console.export_html(inline_styles=True)
+    assert re.search(r'<span style="color: #800000[^"]*font-weight: bold[^"]*">INVALID rate-150', html)
+
+
+def test_narrow_console_splits_tables_instead_of_squeezing(summaries):
+    text = _render(summaries, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "Latency from issued time (ms) (1/2)" in text
+    assert re.search(r"rate-100\s+12\.5\s+12\.5\s+12\.5\s+4\.00\s+4\.00\s+4\.00\s*$", text, re.M)
+    assert "…" not in text  # nothing truncated with an ellipsis
+
+
+def test_report_text_is_plain(summaries):
+    text = report_text(summaries, width=100)
+    assert "\x1b[" not in text
+    assert "rate-150" in text and "INVALID" in text
+
+
+def test_histogram_percentiles_are_marked():
+    s = summarize(_records(), _ctx("big", 100.0, itl_exact_cap=10))
+    text = _render([s], 120)
+    assert "ITL~" in text and "log histogram" in text
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_renders_saved_summaries_side_by_side(tmp_path, summaries, capsys):
+    for s in summaries:
+        d = tmp_path / s["name"]
+        d.mkdir()
+        (d / "summary.json").write_bytes(orjson.dumps(s))
+    args = _parse([str(tmp_path / "rate-100"), str(tmp_path / "rate-150"), "--json"])
+    assert execute(args) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert [m["label"] for m in merged] == ["rate-100/rate-100", "rate-150/rate-150"]
+    assert merged[1]["valid"] is False
+    assert execute(_parse([str(tmp_path / "rate-100")])) == 0
+    out = capsys.readouterr().out
+    assert "rate-100" in out and "12.5" in out
+
+
+def test_cli_recomputes_a_crashed_run(tmp_path, capsys):
+    d = tmp_path / "crashed"
+    d.mkdir()
+    with open(d / "records.jsonl", "wb") as fh:
+        for r in _records(50):
+            fh.write(orjson.dumps(r.to_dict()) + b"\n")
+        fh.write(b'{"index": 50, "scheduled_ns": 5000')  # cut mid-write
+    ctx = _ctx("crashed", 100.0).to_dict()
+    ctx["run_end_ns"] = 500 * MS
+    (d / "config.json").write_bytes(orjson.dumps({"level_context": ctx, "anchor": {}}))
+    assert execute(_parse([str(d), "--json"])) == 0
+    captured = capsys.readouterr()
+    [s] = json.loads(captured.out)
+    assert s["recomputed"] is True and s["records_skipped"] == 1
+    assert s["completed_requests"] == 50 and s["ttft_ms"]["p50"] == pytest.approx(12.5)
+    assert "recomputed from records.jsonl" in captured.err and "truncated" in captured.err
+
+
+def test_cli_errors_name_the_directory(tmp_path, capsys):
+    with pytest.raises(UsageError, match="missing: not a run directory"):
+        execute(_parse([str(tmp_path / "missing")]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="empty: no summary.json or records.jsonl"):
+        execute(_parse([str(empty)]))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{not json")
+    with pytest.raises(UsageError, match="summary.json: not valid JSON"):
+        execute(_parse([str(bad)]))
+    (bad / "summary.json").unlink()
+    (bad / "records.jsonl").write_text("")
+    with pytest.raises(UsageError, match="no summary.json or config.json"):
+        execute(_parse([str(bad)]))
+    (bad / "config.json").write_text('{"other": 1}')
+    with pytest.raises(UsageError, match="no 'level_context'"):
+        execute(_parse([str(bad)]))
+    # wired into the loadgen command: one error line, exit code 2
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("loadgen report: error:")
