@@ -1,0 +1,206 @@
+"""The asyncio load loop: issue each request at its absolute deadline, or keep N in flight (closed loop).
+
+Scope (what the loop is responsible for, and what it is not):
+- It issues requests at ``t0 + offset`` from a schedule generated up front; it never sleeps relative intervals.
+- It records, for every request, the scheduled and the issued time, so latency can be reported from both and the
+  schedule lag is visible (a saturated client cannot hide server queueing).
+- When it falls behind, it follows the explicit ``on_late`` policy: ``issue`` (send late, the default) or
+  ``drop`` (do not send a request that is later than ``late_tolerance_ns``; it is recorded as dropped). A
+  concurrency cap holds requests back (issue) or drops them (drop) when the cap is reached. Both are counted.
+- It stops by itself: the schedule is finite (duration and/or count), closed loops stop at the duration or count,
+  and what is still in flight at the end gets ``drain_timeout_s`` before it is cancelled (and recorded so).
+- It does not compute metrics, parse responses on the hot path, or write to disk on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loadgen.core.clock import Clock
+from loadgen.core.records import STATUS_DROPPED, RequestRecord
+from loadgen.runner.live import LiveStats
+from loadgen.runner.recorder import Recorder
+
+
+@dataclass
+class LoopSettings:
+    offsets_ns: np.ndarray | None  # open loop: sorted offsets from t0; None for closed loop
+    concurrency: int | None = None  # closed loop: N in flight; open loop: optional cap
+    duration_s: float | None = None  # closed loop: stop issuing after this long
+    max_requests: int | None = None  # closed loop: stop after this many
+    on_late: str = "issue"  # "issue" | "drop"
+    late_tolerance_ns: int = 10_000_000
+    drain_timeout_s: float = 30.0
+    start_lead_ns: int = 50_000_000  # t0 is this far after the loop starts, so the first deadlines are not late
+    worker: int = 0
+    stripe: np.ndarray | None = None  # open loop: the schedule indices this worker owns (None = all)
+
+
+@dataclass
+class LoopOutcome:
+    t0_ns: int
+    issue_end_ns: int  # when issuing stopped, relative to t0
+    end_ns: int  # when the last request finished (or was cancelled), relative to t0
+    issued: int
+    dropped: int
+    late: int  # issued later than late_tolerance_ns after their deadline
+    cancelled: int
+    interrupted: bool
+
+
+class LoadLoop:
+    def __init__(self, backend: Any, source: Any, recorder: Recorder, clock: Clock, settings: LoopSettings,
+                 stats: LiveStats | None = None) -> None:
+        self.backend = backend
+        self.source = source
+        self.recorder = recorder
+        self.clock = clock
+        self.s = settings
+        self.stats = stats or LiveStats()
+        self.stop_event = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._issued = self._dropped = self._late = 0
+        self._sem: asyncio.Semaphore | None = None
+        self._closed_done = False
+
+    def stop(self) -> None:
+        """Stop issuing (Ctrl-C, a fatal error); in-flight requests are cancelled and recorded."""
+        self.stop_event.set()
+
+    async def _one(self, index: int, scheduled_ns: int, t0: int) -> None:
+        spec = self.source.spec(index)
+        rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
+                            max_tokens=spec.max_tokens, worker=self.s.worker)
+        try:
+            await self.backend.send(spec, rec, t0)
+        finally:
+            self.recorder.add(rec)
+            self.stats.on_done(rec)
+            if self._sem is not None:
+                self._sem.release()
+
+    def _record_dropped(self, index: int, scheduled_ns: int, now_rel: int) -> None:
+        spec = self.source.spec(index)
+        rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, status=STATUS_DROPPED,
+                            error=f"not issued: {(now_rel - scheduled_ns) / 1e6:.1f} ms late (--on-late drop)",
+                            input_tokens=spec.input_tokens, max_tokens=spec.max_tokens, worker=self.s.worker)
+        self.recorder.add(rec)
+        self.stats.on_done(rec)
+        self._dropped += 1
+
+    def _launch(self, index: int, scheduled_ns: int, t0: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._one(index, scheduled_ns, t0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._issued += 1
+        self.stats.on_issue()
+
+    async def _open_loop(self, t0: int) -> None:
+        s = self.s
+        offsets = s.offsets_ns
+        assert offsets is not None
+        indices = s.stripe if s.stripe is not None else range(len(offsets))
+        clock = self.clock
+        drop = s.on_late == "drop"
+        tol = s.late_tolerance_ns
+        sem = self._sem
+        stop = self.stop_event
+        for i in indices:
+            if stop.is_set():
+                break
+            off = int(offsets[i])
+            deadline = t0 + off
+            if clock.now_ns() < deadline:
+                await clock.sleep_until(deadline)
+            if sem is not None:
+                if sem.locked() and drop:
+                    self._record_dropped(int(i), off, clock.now_ns() - t0)
+                    continue
+                await sem.acquire()
+            late = clock.now_ns() - deadline
+            if late > tol:
+                if drop:
+                    if sem is not None:
+                        sem.release()
+                    self._record_dropped(int(i), off, late + off)
+                    continue
+                self._late += 1
+            self._launch(int(i), off, t0)
+
+    async def _closed_loop(self, t0: int) -> None:
+        s = self.s
+        n = s.concurrency or 1
+        end = t0 + int(s.duration_s * 1e9) if s.duration_s else None
+        counter = iter(range(s.max_requests if s.max_requests is not None else 2**62))
+
+        async def worker() -> None:
+            clock = self.clock
+            while not self.stop_event.is_set() and not self._closed_done:
+                now = clock.now_ns()
+                if end is not None and now >= end:
+                    return
+                index = next(counter, None)
+                if index is None:
+                    return
+                self._issued += 1
+                self.stats.on_issue()
+                await self._one(index, now - t0, t0)
+
+        workers = [asyncio.get_running_loop().create_task(worker()) for _ in range(n)]
+        for w in workers:
+            self._tasks.add(w)
+            w.add_done_callback(self._tasks.discard)
+        # Workers end by themselves at the count; at the duration issuing stops and what is in flight drains.
+        await _wait_all_or_stop(workers, self.stop_event, self.clock, end)
+        self._closed_done = True
+
+    async def run(self) -> LoopOutcome:
+        s = self.s
+        if s.concurrency and s.offsets_ns is not None:
+            self._sem = asyncio.Semaphore(s.concurrency)
+        t0 = self.clock.now_ns() + s.start_lead_ns
+        if s.offsets_ns is not None:
+            await self._open_loop(t0)
+        else:
+            await self.clock.sleep_until(t0)
+            await self._closed_loop(t0)
+        issue_end = self.clock.now_ns() - t0
+        interrupted = self.stop_event.is_set()
+        cancelled = 0
+        if self._tasks and not interrupted:
+            drain_end = self.clock.now_ns() + int(s.drain_timeout_s * 1e9)
+            await _wait_all_or_stop(list(self._tasks), self.stop_event, self.clock, drain_end)
+        if self._tasks:
+            pending = list(self._tasks)
+            cancelled = len(pending)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return LoopOutcome(t0_ns=t0, issue_end_ns=issue_end, end_ns=self.clock.now_ns() - t0,
+                           issued=self._issued, dropped=self._dropped, late=self._late, cancelled=cancelled,
+                           interrupted=self.stop_event.is_set())
+
+
+async def _wait_all_or_stop(tasks: list[asyncio.Task[Any]], stop: asyncio.Event, clock: Clock,
+                            deadline_ns: int | None = None) -> None:
+    """Wait until every task is done, the stop event is set, or the clock passes ``deadline_ns``."""
+    if not tasks:
+        return
+    loop = asyncio.get_running_loop()
+    waiters = [loop.create_task(stop.wait())]
+    if deadline_ns is not None:
+        waiters.append(loop.create_task(clock.sleep_until(deadline_ns)))
+    try:
+        remaining = set(tasks)
+        while remaining:
+            done, _ = await asyncio.wait([*remaining, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            if any(w in done for w in waiters):
+                return
+            remaining -= done
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,117 @@
+"""HTTP streaming transport on aiohttp (Triton generate_stream and OpenAI-compatible SSE).
+
+One ``ClientSession`` with a keep-alive pool for the whole run. While a body streams in, each network read is
+stamped with ``perf_counter_ns`` and kept as bytes; parsing waits until the response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+
+from loadgen.core.records import (
+    ERR_CONNECTION,
+    ERR_HTTP,
+    ERR_TIMEOUT,
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    RequestRecord,
+)
+from loadgen.transport.common import finish_http_stream
+
+_now = time.perf_counter_ns
+
+
+class HttpTransport:
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
+                 request_timeout_s: float | None = None, max_connections: int = 0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        self.headers.update(headers or {})
+        self.verify_tls = verify_tls
+        self.request_timeout_s = request_timeout_s
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        ssl_ctx: Any = None if self.verify_tls else False
+        if self.verify_tls and self.base_url.startswith("https"):
+            ssl_ctx = ssl.create_default_context()
+        connector = aiohttp.TCPConnector(limit=self.max_connections, ssl=ssl_ctx, ttl_dns_cache=300,
+                                         enable_cleanup_closed=True)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
+                                              auto_decompress=False, read_bufsize=2**16)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("transport not started")
+        return self._session
+
+    async def get_json(self, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """A small control-plane GET (probing): returns (status, parsed JSON or text)."""
+        async with self.session.get(self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            text = await r.text()
+            try:
+                import orjson
+
+                return r.status, orjson.loads(text)
+            except Exception:
+                return r.status, text
+
+    async def stream(self, path: str, body: bytes, rec: RequestRecord, parser: Any, t0: int) -> None:
+        """POST ``body`` and capture the streamed response into ``rec`` (times relative to ``t0``)."""
+        times: list[int] = []
+        chunks: list[bytes] = []
+        url = self.base_url + path
+        rec.issued_ns = _now() - t0
+        try:
+            async with self.session.post(url, data=body) as resp:
+                rec.http_status = resp.status
+                if resp.status >= 300:
+                    text = await resp.text(errors="replace")
+                    rec.first_byte_ns = _now() - t0
+                    rec.status, rec.error_kind = STATUS_ERROR, ERR_HTTP
+                    rec.error = f"HTTP {resp.status}: {_short(text)}"
+                    rec.end_ns = rec.first_byte_ns
+                    return
+                content = resp.content
+                while True:
+                    data = await content.readany()
+                    if not data:
+                        break
+                    times.append(_now())
+                    chunks.append(data)
+        except asyncio.CancelledError:
+            # The run is stopping: keep every chunk that did arrive, then let the cancellation through.
+            rec.end_ns = _now() - t0
+            if times:
+                rec.first_byte_ns = times[0] - t0
+            finish_http_stream(rec, parser, times, chunks, t0)
+            rec.status, rec.error_kind = STATUS_CANCELLED, None
+            raise
+        except asyncio.TimeoutError:
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+            rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+        except (aiohttp.ClientError, OSError) as err:
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
+            rec.error = f"{type(err).__name__}: {err}"[:500]
+        rec.end_ns = _now() - t0
+        if times:
+            rec.first_byte_ns = times[0] - t0
+        finish_http_stream(rec, parser, times, chunks, t0)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
