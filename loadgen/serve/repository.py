@@ -1,0 +1,94 @@
+"""Filling the emulated model repository: one decoupled Python model that hosts the emulated SLM engine.
+
+The template lives in ``servers/emulated/`` (in a wheel: ``loadgen/_servers/emulated/``): ``config.pbtxt.template``
+with ``${...}`` placeholders and ``1/model.py``. Filling validates everything the model would otherwise fail on at
+load time (unknown model or GPU profile, a max batch that does not fit in the emulated memory), so that a bad flag
+is one clear line here instead of a stack trace in the server log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from loadgen.errors import UsageError
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+TEMPLATE_MODEL = "ensemble"
+
+
+def servers_dir() -> Path:
+    """The ``servers/`` tree: beside the package in a checkout, inside it (``_servers``) in a wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "_servers", here.parent / "servers"):
+        if (cand / "emulated").is_dir():
+            return cand
+    raise UsageError(f"the servers/ templates are missing (looked in {here / '_servers'} and {here.parent / 'servers'}):"
+                     " reinstall slm-loadgen")
+
+
+@dataclass(frozen=True)
+class EmulatedModelSpec:
+    """What the emulated model repository is filled with."""
+
+    model_name: str = "ensemble"  # the Triton model name clients address
+    profile: str = "opt-1.3b"  # emulated model profile (loadgen.emulator.profiles)
+    gpu: str = "h100-64gb"  # emulated GPU profile
+    max_batch: int = 256  # engine max running batch (per replica)
+    replicas: int = 1  # Triton instance_group count: independent engines on the one emulated GPU
+    speed: float = 1.0  # < 1 runs the emulated GPU slower than real time
+    gpu_memory_fraction: float = 0.9
+    metrics_interval_ms: int = 100
+
+    def validate(self) -> None:
+        """UsageError (one line, naming the flag) for anything the model would fail on inside the server."""
+        from loadgen.emulator.profiles import check_batch_fits, get_gpu, get_model
+
+        if not MODEL_NAME_RE.match(self.model_name):
+            raise UsageError(f"--model-name {self.model_name!r} is invalid: use letters, digits, '_', '.', '-'")
+        if int(self.replicas) != self.replicas or self.replicas < 1:
+            raise UsageError(f"--replicas {self.replicas!r} is invalid: use 1 or more")
+        if not self.speed > 0:
+            raise UsageError(f"--speed {self.speed!r} is invalid: use a positive factor (1 = real time, "
+                             "0.5 = emulated GPU twice as slow)")
+        if self.metrics_interval_ms < 10:
+            raise UsageError(f"metrics interval {self.metrics_interval_ms} ms is too short: use 10 ms or more")
+        model, gpu = get_model(self.profile), get_gpu(self.gpu)
+        check_batch_fits(model, gpu, self.max_batch, self.replicas, self.gpu_memory_fraction)
+
+
+def write_emulated_repository(spec: EmulatedModelSpec, dest: str | os.PathLike[str],
+                              shared_gpu_path: str | os.PathLike[str]) -> Path:
+    """Create ``dest/<model_name>/{config.pbtxt,1/model.py}``; returns ``dest``.
+
+    ``shared_gpu_path`` is the file through which the replicas (separate processes) share one emulated GPU; it
+    must be fresh for each server start.
+    """
+    spec.validate()
+    src = servers_dir() / "emulated" / TEMPLATE_MODEL
+    root = Path(dest)
+    model_dir = root / spec.model_name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    for item in (src / "1").iterdir():
+        if item.is_file() and item.suffix == ".py":
+            shutil.copy2(item, model_dir / "1" / item.name)
+    text = Template((src / "config.pbtxt.template").read_text()).substitute(
+        model_name=spec.model_name,
+        max_batch_size=int(spec.max_batch),
+        replicas=int(spec.replicas),
+        profile=spec.profile,
+        gpu=spec.gpu,
+        max_batch=int(spec.max_batch),
+        speed=repr(float(spec.speed)),
+        gpu_memory_fraction=repr(float(spec.gpu_memory_fraction)),
+        shared_gpu_path=str(shared_gpu_path),
+        metrics_interval_ms=int(spec.metrics_interval_ms),
+    )
+    (model_dir / "config.pbtxt").write_text(text)
+    return root
