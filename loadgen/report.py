@@ -160,6 +160,51 @@ def _scheduled_groups() -> list[list[_Col]]:
     ]
 
 
+def _energy(key: str) -> Callable[[dict], str]:
+    return lambda s: _num((s.get("energy") or {}).get(key))
+
+
+def _energy_source(s: dict) -> str:
+    e = s.get("energy")
+    if not isinstance(e, dict):
+        return "-"
+    return f"{e.get('source') or '?'}/{e.get('method') or e.get('status')}"
+
+
+def _energy_groups() -> list[list[_Col]]:
+    return [
+        [_Col("source/\nmethod", _energy_source, "left"), _Col("mean\nW", _energy("mean_power_w")),
+         _Col("peak\nW", _energy("peak_power_w")), _Col("idle\nW", _energy("idle_power_w"))],
+        [_Col("energy\nJ", _energy("energy_j")), _Col("above\nidle J", _energy("energy_above_idle_j"))],
+        [_Col("J/req", _energy("joules_per_request")), _Col("J/output\ntoken", _energy("joules_per_output_token")),
+         _Col("J/total\ntoken", _energy("joules_per_total_token")),
+         _Col("output\ntok/J", _energy("output_tokens_per_joule"))],
+    ]
+
+
+def _print_energy(console: Console, summaries: Sequence[dict]) -> None:
+    """The energy table (only when some level asked for power) and one line per level that needs saying."""
+    if not any(isinstance(s.get("energy"), dict) for s in summaries):
+        return
+    _print_tables(console, "Energy (measurement window)", _energy_groups(), summaries)
+    console.print(Text("Energy: counter deltas where the source has an energy counter, else the integral of sampled "
+                       "power; per token/request: energy / tokens (requests) completed in the window; idle W "
+                       "measured before the load", style="dim"))
+    for s in summaries:
+        e = s.get("energy")
+        if not isinstance(e, dict):
+            continue
+        if e.get("status") != "ok":
+            console.print(Text(f"Energy of {_label(s)} {e.get('status')}: {e.get('note')}", style="yellow"))
+            continue
+        if e.get("note"):
+            console.print(Text(f"Energy of {_label(s)}: {e['note']}", style="yellow"))
+        if e.get("counter_energy_j") is not None and e.get("integral_energy_j") is not None:
+            share = e.get("counter_minus_integral_share")
+            console.print(Text(f"Energy of {_label(s)}: counter {_num(e['counter_energy_j'])} J, power integral "
+                               f"{_num(e['integral_energy_j'])} J" + (f" ({share:+.1%})" if share is not None else "")))
+
+
 def _print_legend(console: Console) -> None:
     """A two-column table when there is room; at narrow widths one wrapped line per metric."""
     if console.width < WIDE:
@@ -186,6 +231,7 @@ def render_report(summaries: list[dict], console: Console, title: str | None = N
     _print_tables(console, "Latency from issued time (ms)", _latency_groups(summaries), summaries)
     _print_tables(console, "From scheduled time (ms): includes client lag", _scheduled_groups(),
                   summaries)
+    _print_energy(console, summaries)
     if any(_approx(summaries, key) for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")):
         console.print(Text("~ percentiles from a log histogram (3 significant digits): too many values to keep"))
     for s in summaries:
