@@ -40,6 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--http-address", default=None, help="bind address of HTTP (default: --address)")
     net.add_argument("--grpc-address", default=None, help="bind address of gRPC (default: --address)")
     net.add_argument("--metrics-address", default=None, help="bind address of metrics (default: --address)")
+    net.add_argument("--openai-port", type=int, default=None,
+                     help="also serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions) on this "
+                          "port, in front of the Triton model (0 = pick a free one; default: off)")
+    net.add_argument("--served-model-name", default=None,
+                     help="model name of the OpenAI-compatible API (default: the --model profile)")
     net.add_argument("--workdir", default=None,
                      help="directory for the repository and tritonserver.log, kept after exit (default: a temporary "
                           "one, removed on a clean exit)")
@@ -90,6 +95,7 @@ def _serve_emulated(args: argparse.Namespace) -> int:
         workdir=args.workdir, tritonserver=args.tritonserver, log_verbose=args.log_verbose,
     )
     server = EmbeddedServer(cfg)
+    frontend = None
     # SIGTERM (kill, service managers) and SIGHUP (terminal closed) stop the server as cleanly as Ctrl-C.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -101,6 +107,13 @@ def _serve_emulated(args: argparse.Namespace) -> int:
         print(f"  gRPC     {server.grpc_url}  (model {name}, stream_infer)")
         print(f"  metrics  {server.metrics_url}")
         print(f"  log      {server.log_path}")
+        if args.openai_port is not None:
+            from loadgen.serve.openai_frontend import FrontendThread
+
+            served = args.served_model_name or cfg.profile
+            frontend = FrontendThread(server.http_url, name, served, host=args.address,
+                                      port=args.openai_port).start()
+            print(f"  OpenAI   {frontend.url}/v1/chat/completions  (model {served})")
         print("Ctrl-C to stop.", flush=True)
         while server.running:
             time.sleep(0.5)
@@ -110,6 +123,8 @@ def _serve_emulated(args: argparse.Namespace) -> int:
         print("loadgen serve: stopping...", file=sys.stderr, flush=True)
         return 0
     finally:
+        if frontend is not None:
+            frontend.stop()
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
