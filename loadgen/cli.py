@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("loadgen.runner.cli", "run one load level against one endpoint (or the embedded Triton server)"),
     "report": ("loadgen.report_cli", "re-render the report of one or more run directories (side by side)"),
     "serve": ("loadgen.serve.cli", "start the embedded Triton server hosting the emulated SLM engine"),
+    "power": ("loadgen.power.cli", "power side-car: sample GPU power/energy to a file (or --analyze a run)"),
+    "traces": ("loadgen.traces.cli", "trace statistics (a file or a replay's run), the public trace catalog, fetch"),
 }
 
 

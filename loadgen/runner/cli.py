@@ -9,6 +9,7 @@ import os
 from loadgen.errors import UsageError
 from loadgen.runner.backends import BACKENDS
 from loadgen.runner.settings import RunSettings, parse_seconds
+from loadgen.traces.runargs import add_trace_arguments, is_synthetic, trace_options
 
 API_KEY_ENVS = ("LOADGEN_API_KEY", "OPENAI_API_KEY")
 
@@ -64,12 +65,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--drain-timeout", default="60s", help="after issuing stops, wait this long for in-flight")
     lo.add_argument("--max-connection-errors", type=int, default=50,
                     help="stop the run after this many connection errors in a row (server gone)")
+    add_trace_arguments(p)
     r = p.add_argument_group("results")
     r.add_argument("--name", default=None, help="run name (default: backend-arrival-rate)")
     r.add_argument("--out-dir", default="runs", help="where run directories go (default runs/)")
     r.add_argument("--slo", default=None, help="goodput thresholds, e.g. ttft=500ms,tpot=50ms,e2e=10s")
     r.add_argument("--fail-on", default=None, help="exit 4 when missed, e.g. 'ttft_p99<500ms,error_rate<1%%'")
     r.add_argument("--no-live", action="store_true", help="no live progress display")
+    pw = p.add_argument_group("power and energy (a side-car process samples power; J/token in the summary)")
+    pw.add_argument("--power", default="none", metavar="SOURCE",
+                    help="nvml | triton[=METRICS_URL] | nvidia-smi | none (default none)")
+    pw.add_argument("--power-interval", default="100ms", help="sampling interval (default 100ms = 10 Hz)")
+    pw.add_argument("--power-gpu", default=None, help="GPUs to sample: indexes or UUIDs, comma separated")
+    pw.add_argument("--idle-seconds", default="5", help="idle power measured this long before the load (default 5)")
 
 
 def _epilog() -> str:
@@ -93,13 +101,14 @@ def _api_key(args: argparse.Namespace) -> str | None:
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if args.rate is not None and (math.isnan(args.rate) or args.rate <= 0 or math.isinf(args.rate)):
         raise UsageError(f"--rate {args.rate}: must be a positive number of requests per second")
-    if args.rate is None and args.concurrency is None:
+    trace = trace_options(args)  # None without --trace
+    if args.rate is None and args.concurrency is None and trace is None and not is_synthetic(args.arrival):
         raise UsageError("give --rate R (open loop, req/s) or --concurrency N (closed loop)")
     if args.backend not in BACKENDS:
         raise UsageError(f"--backend {args.backend!r} is not known; choose one of {', '.join(BACKENDS)}")
     if args.on_late not in ("issue", "drop"):
         raise UsageError(f"--on-late {args.on_late!r}: choose issue or drop")
-    if args.duration is None and args.requests is None:
+    if args.duration is None and args.requests is None and trace is None:
         raise UsageError("give --duration (e.g. 60s) or --requests N so the run stops by itself")
     if args.requests is not None and args.requests < 1:
         raise UsageError(f"--requests {args.requests}: must be at least 1")
@@ -140,6 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         drain_timeout_s=parse_seconds(args.drain_timeout, "--drain-timeout"),
         max_connection_errors=args.max_connection_errors,
         name=args.name, out_dir=args.out_dir, slo_text=args.slo, fail_on_text=args.fail_on, live=not args.no_live,
+        power=args.power, power_interval_s=parse_seconds(args.power_interval, "--power-interval"),
+        power_gpus=args.power_gpu, idle_s=parse_seconds(args.idle_seconds, "--idle-seconds"),
+        trace=trace,
     )
 
 

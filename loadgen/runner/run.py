@@ -72,12 +72,15 @@ def build_source(s: RunSettings) -> Any:
                          builder, seed=s.seed, params={}, min_tokens_equal_max=s.min_tokens)
 
 
-async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: Any
+async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: Any, workload: Any = None
                           ) -> tuple[LoopOutcome, dict, str | None]:
     """Probe the target, then (only then) create the run directory through ``prepare_dir(info)`` and run."""
-    arrival = build_arrival(s)
-    source = build_source(s)
-    offsets = build_offsets(arrival) if arrival.is_open_loop else None
+    if workload is not None:  # trace replay or a synthetic arrival model (loadgen.traces.replay)
+        source, offsets = workload.source, workload.offsets
+    else:
+        arrival = build_arrival(s)
+        source = build_source(s)
+        offsets = build_offsets(arrival) if arrival.is_open_loop else None
     if offsets is not None and len(offsets) == 0:
         from loadgen.errors import UsageError
 
@@ -123,7 +126,8 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
         lag_task = aloop.create_task(monitor_loop_lag(stats))
         total = len(offsets) if offsets is not None else s.max_requests
         display = LiveDisplay(stats, total=total, duration_s=s.duration_s if offsets is None else None,
-                              target_rate=s.rate, console=console, enabled=s.live)
+                              target_rate=s.rate if workload is None else workload.target_rate, console=console,
+                              enabled=s.live)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with display:
             disp_task = aloop.create_task(display.run())
@@ -171,7 +175,14 @@ def run_from_settings(s: RunSettings) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     slo = parse_slo(s.slo_text) if s.slo_text else {}
     checks = parse_fail_on(s.fail_on_text) if s.fail_on_text else []
-    build_arrival(s)  # validate before anything starts
+    from loadgen.traces.replay import workload_for
+
+    workload = workload_for(s)  # None unless --trace or a synthetic --arrival model
+    if workload is None:
+        build_arrival(s)  # validate before anything starts
+    from loadgen.power.monitor import power_monitor
+
+    power = power_monitor(s, console)  # None without --power; checks the power flags
     prompt_method = PromptBuilder(tokenizer=s.tokenizer, seed=s.seed).method
     loop_kind = install_uvloop()
     server = None
@@ -179,10 +190,13 @@ def run_from_settings(s: RunSettings) -> int:
     if url is None:
         server = start_embedded(s, console)
         url = server.grpc_url if s.backend == "triton-grpc" else server.http_url
-    ctx = LevelContext(name=s.default_name(), backend=s.backend, url=url, model=s.model, target_rate=s.rate,
-                       concurrency=s.concurrency, arrival=asdict(build_arrival(s)), warmup_s=s.warmup_s,
+    ctx = LevelContext(name=s.default_name(), backend=s.backend, url=url, model=s.model,
+                       target_rate=s.rate if workload is None else workload.target_rate, concurrency=s.concurrency,
+                       arrival=asdict(build_arrival(s)) if workload is None else workload.arrival, warmup_s=s.warmup_s,
                        warmup_requests=s.warmup_requests, cooldown_s=s.cooldown_s, slo=slo,
                        prompt_method=prompt_method, on_late=s.on_late, late_threshold_ms=s.late_tolerance_s * 1e3)
+    if workload is not None:  # the replay facts go into summary.json / config.json
+        ctx.open_loop, ctx.extra = True, {**ctx.extra, **workload.extra}
     config = {"loadgen_version": __version__, "python": platform.python_version(), "event_loop": loop_kind,
               "argv": redact_argv(sys.argv), "settings": s.public_dict(), "url": url,
               "embedded_server": server.describe() if server is not None and hasattr(server, "describe") else None,
@@ -196,11 +210,15 @@ def run_from_settings(s: RunSettings) -> int:
         write_json(run_dir / "config.json", config)
         console.print(f"[bold]loadgen run[/] {s.default_name()} -> {url} ({s.backend}, model {s.model})")
         console.print(f"run directory: {run_dir}")
+        for line in workload.describe if workload is not None else []:
+            console.print(line, markup=False, highlight=False)
+        if power is not None:  # the side-car samples idle power first (blocking), then the load starts
+            power.start(run_dir, getattr(server, "metrics_url", None), url)
         return run_dir
 
     try:
         try:
-            outcome, client, tripped = asyncio.run(run_level_async(s, url, prepare_dir, console))
+            outcome, client, tripped = asyncio.run(run_level_async(s, url, prepare_dir, console, workload))
         except KeyboardInterrupt:
             outcome, client, tripped = None, {"interrupted": True}, None
             if "dir" not in holder:
@@ -209,10 +227,15 @@ def run_from_settings(s: RunSettings) -> int:
         ctx.client = client
         ctx.run_end_ns = outcome.issue_end_ns if outcome is not None else None
         config["level_context"] = asdict(ctx)
+        if power is not None:
+            config["power"] = power.describe()
         write_json(run_dir / "config.json", config)
         summary = summarize(load_records(run_dir / "records.jsonl"), ctx)
+        if power is not None:
+            summary["energy"] = power.finish(run_dir, summary)
         write_json(run_dir / "summary.json", summary)
-        (run_dir / "report.txt").write_text(report_text([summary]))
+        replay_text = "".join(line + "\n" for line in workload.describe) if workload is not None else ""
+        (run_dir / "report.txt").write_text(report_text([summary]) + replay_text)
         render_report([summary], console)
         console.print(f"records: {run_dir / 'records.jsonl'}   summary: {run_dir / 'summary.json'}")
         if tripped:
@@ -228,6 +251,8 @@ def run_from_settings(s: RunSettings) -> int:
                 raise ThresholdFailed(f"--fail-on missed: {parts}")
         return 0
     finally:
+        if power is not None:
+            power.stop()
         if server is not None:
             server.stop()
 

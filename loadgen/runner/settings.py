@@ -63,15 +63,26 @@ class RunSettings:
     slo_text: str | None = None
     fail_on_text: str | None = None
     live: bool = True
+    power: str = "none"  # --power SOURCE: nvml | triton[=URL] | nvidia-smi | none (loadgen.power)
+    power_interval_s: float = 0.1
+    power_gpus: str | None = None
+    idle_s: float = 5.0
+    trace: dict[str, Any] | None = None  # --trace replay options (loadgen.traces.runargs.trace_options)
 
     @property
     def closed_loop(self) -> bool:
-        return self.rate is None
+        from loadgen.traces.runargs import is_synthetic
+
+        return self.rate is None and not self.trace and not is_synthetic(self.arrival)
 
     def default_name(self) -> str:
         if self.name:
             return self.name
-        load = f"c{self.concurrency}" if self.closed_loop else f"{self.arrival}-{self.rate:g}rps"
+        if self.trace:  # trace replay: named after the trace file
+            return f"{self.backend}-trace-{re.sub(r'[.].*$', '', self.trace['path'].split('/')[-1])}"
+        if self.rate is None and not self.closed_loop:  # synthetic arrivals at the model's own rates
+            return f"{self.backend}-{self.arrival.split(':', 1)[0]}"
+        load = f"c{self.concurrency}" if self.closed_loop else f"{self.arrival.split(':', 1)[0]}-{self.rate:g}rps"
         return f"{self.backend}-{load}"
 
     def public_dict(self) -> dict[str, Any]:
