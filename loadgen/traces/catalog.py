@@ -18,7 +18,10 @@ from loadgen.errors import UsageError
 
 CATALOG_ENV = "LOADGEN_TRACE_CATALOG"
 CACHE_ENV = "LOADGEN_CACHE"
-_REPO_TRACES = Path(__file__).resolve().parents[2] / "traces"
+_PACKAGE = Path(__file__).resolve().parents[1]
+# In a checkout the catalog is traces/ beside the package; an installed wheel carries it as loadgen/_traces.
+_REPO_TRACES = next((p for p in (_PACKAGE.parent / "traces", _PACKAGE / "_traces") if (p / "catalog.json").exists()),
+                    _PACKAGE.parent / "traces")
 REQUIRED = ("name", "format", "license", "citation")
 
 
