@@ -61,3 +61,27 @@ def parse_extra(items: list[str] | None, flag: str) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def drain_body(sse: Any, totals: StreamTotals, on_event: Any, plain_json_ok: Any) -> None:
+    """End of body: dispatch the last SSE event, or read a body that was not SSE at all (one JSON object).
+
+    ``on_event(payload) -> tokens``; ``plain_json_ok(obj) -> bool`` says whether a plain JSON body is acceptable
+    (an error object, a non-streamed Triton response); otherwise it is a protocol error.
+    """
+    import orjson
+
+    pending = sse.pending.strip()
+    if pending and not pending.startswith(b"data"):
+        try:
+            obj = orjson.loads(pending)
+        except orjson.JSONDecodeError:
+            totals.protocol_error = f"response is neither SSE nor JSON: {pending[:80]!r}"
+            return
+        if isinstance(obj, dict) and plain_json_ok(obj):
+            totals.tail_tokens = on_event(orjson.dumps(obj))
+        else:
+            totals.protocol_error = "expected a streamed (SSE) response; the server sent one JSON body"
+        return
+    for payload in sse.flush():
+        totals.tail_tokens += on_event(payload)

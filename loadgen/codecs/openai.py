@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.codecs.base import StreamTotals
+from loadgen.codecs.base import StreamTotals, drain_body
 from loadgen.codecs.sse import SSEDecoder
 from loadgen.core.records import RequestSpec
 
@@ -115,19 +115,6 @@ class OpenAIStreamParser:
 
     def finish(self) -> StreamTotals:
         t = self._totals
-        pending = self._sse.pending.strip()
-        if pending and not pending.startswith(b"data"):
-            try:
-                obj = orjson.loads(pending)
-            except orjson.JSONDecodeError:
-                t.protocol_error = f"response is neither SSE nor JSON: {pending[:80]!r}"
-            else:
-                if isinstance(obj, dict) and ("error" in obj or obj.get("object") == "error"):
-                    t.tail_tokens = self._event(orjson.dumps(obj))
-                else:
-                    t.protocol_error = "expected a streamed (SSE) response; the server sent one JSON body"
-        else:
-            for payload in self._sse.flush():
-                t.tail_tokens += self._event(payload)
+        drain_body(self._sse, t, self._event, lambda obj: "error" in obj or obj.get("object") == "error")
         t.completed = self._done and t.error is None and t.protocol_error is None
         return t

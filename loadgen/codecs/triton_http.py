@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.codecs.base import StreamTotals, scalar
+from loadgen.codecs.base import StreamTotals, drain_body, scalar
 from loadgen.codecs.sse import SSEDecoder
 from loadgen.core.records import RequestSpec
 
@@ -115,18 +115,8 @@ class TritonStreamParser:
 
     def finish(self) -> StreamTotals:
         t = self._totals
-        pending = self._sse.pending.strip()
-        if pending and not pending.startswith(b"data"):
-            # Not SSE at all: a plain JSON body (non-streaming generate or an error object).
-            try:
-                obj = orjson.loads(pending)
-            except orjson.JSONDecodeError:
-                t.protocol_error = f"response is neither SSE nor JSON: {pending[:80]!r}"
-            else:
-                t.tail_tokens = self._event(orjson.dumps(obj)) if isinstance(obj, dict) else 0
-        else:
-            for payload in self._sse.flush():
-                t.tail_tokens += self._event(payload)
+        # A body that is not SSE at all is a plain JSON response (non-streaming generate, or an error object).
+        drain_body(self._sse, t, self._event, lambda obj: True)
         t.server_input_tokens = self._in
         t.server_output_tokens = self._out
         t.completed = t.error is None and t.protocol_error is None
