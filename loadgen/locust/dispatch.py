@@ -1,0 +1,163 @@
+"""The open-loop dispatcher of the Locust front end: each request goes out at its absolute deadline, in its own
+greenlet, whatever Locust's users are doing.
+
+Locust's own model is closed-loop (a user waits ``wait_time`` after each task), which cannot produce a Poisson
+arrival process: a slow response delays the next request. Here the schedule comes from the core
+(``build_offsets`` / a trace replay) and this worker's stripe of it; the dispatcher waits for ``t0 + offset`` (an
+absolute deadline, never a relative sleep) and spawns the request. The late policy, the concurrency cap and the
+drain at the end are the asyncio ``LoadLoop``'s, and the records it produces are the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import numpy as np
+
+from loadgen.core.records import ERR_PROTOCOL, STATUS_DROPPED, STATUS_ERROR, RequestRecord
+
+_now = time.perf_counter_ns
+
+
+@dataclass
+class DispatchOutcome:
+    issue_end_ns: int  # when issuing stopped, relative to t0
+    end_ns: int  # when the last request finished (or was cancelled), relative to t0
+    issued: int
+    dropped: int
+    late: int  # issued later than the late tolerance after their deadline
+    cancelled: int
+    interrupted: bool  # stopped before the schedule was done
+
+
+def sleep_until(deadline_ns: int, stop: gevent.event.Event | None = None, spin_ns: int = 1_000_000) -> bool:
+    """Wait for an absolute ``perf_counter_ns`` deadline; False when ``stop`` was set first.
+
+    The hub's timers are coarse (about 1 ms), so the last ``spin_ns`` are spent yielding with ``sleep(0)``:
+    other greenlets (responses streaming in) keep running while the deadline is met to tens of microseconds.
+    """
+    remaining = deadline_ns - _now()
+    if remaining > spin_ns:
+        if stop is not None:
+            if stop.wait((remaining - spin_ns) / 1e9):
+                return False
+        else:
+            gevent.sleep((remaining - spin_ns) / 1e9)
+    while _now() < deadline_ns:
+        if stop is not None and stop.is_set():
+            return False
+        gevent.sleep(0)
+    return True
+
+
+def run_request(backend: Any, source: Any, index: int, scheduled_ns: int, t0: int, worker: int,
+                on_done: Callable[[RequestRecord], None]) -> RequestRecord:
+    """One request from its spec to its finished record; the record reaches ``on_done`` even when the greenlet is
+    killed (it is then recorded as cancelled by the transport)."""
+    spec = source.spec(index)
+    rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
+                        max_tokens=spec.max_tokens, worker=worker)
+    try:
+        backend.send(spec, rec, t0)
+    except (gevent.GreenletExit, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a codec or transport bug must not lose the record or stop the run
+        if rec.issued_ns is None:
+            rec.issued_ns = _now() - t0
+        rec.end_ns = _now() - t0
+        rec.status, rec.error_kind = STATUS_ERROR, ERR_PROTOCOL
+        rec.error = f"{type(err).__name__}: {err}"[:500]
+    finally:
+        on_done(rec)
+    return rec
+
+
+class OpenLoopDispatcher:
+    """Issues ``indices`` of the schedule ``offsets_ns`` (ns after ``t0_ns``) through ``backend``."""
+
+    def __init__(self, backend: Any, source: Any, on_done: Callable[[RequestRecord], None], offsets_ns: np.ndarray,
+                 indices: Sequence[int] | np.ndarray, t0_ns: int, *, on_late: str = "issue",
+                 late_tolerance_ns: int = 10_000_000, concurrency: int | None = None, drain_timeout_s: float = 60.0,
+                 worker: int = 0, on_issue: Callable[[], None] | None = None) -> None:
+        self.backend = backend
+        self.source = source
+        self.on_done = on_done
+        self.offsets = offsets_ns
+        self.indices = indices
+        self.t0 = t0_ns
+        self.drop = on_late == "drop"
+        self.tolerance = late_tolerance_ns
+        self.sem = gevent.lock.BoundedSemaphore(concurrency) if concurrency else None
+        self.drain_timeout_s = drain_timeout_s
+        self.worker = worker
+        self.on_issue = on_issue
+        self.stop_event = gevent.event.Event()
+        self._live: set[gevent.Greenlet] = set()
+        self.issued = self.dropped = self.late = 0
+
+    def stop(self) -> None:
+        """Stop issuing; what is in flight is cancelled (and recorded so) when ``run`` returns."""
+        self.stop_event.set()
+
+    def _finished(self, rec: RequestRecord) -> None:
+        if self.sem is not None:
+            self.sem.release()
+        self.on_done(rec)
+
+    def _record_dropped(self, index: int, offset: int, late_ns: int) -> None:
+        spec = self.source.spec(index)
+        rec = RequestRecord(index=index, scheduled_ns=offset, status=STATUS_DROPPED,
+                            error=f"not issued: {late_ns / 1e6:.1f} ms late (--on-late drop)",
+                            input_tokens=spec.input_tokens, max_tokens=spec.max_tokens, worker=self.worker)
+        self.dropped += 1
+        self.on_done(rec)
+
+    def _launch(self, index: int, offset: int) -> None:
+        g = gevent.spawn(run_request, self.backend, self.source, index, offset, self.t0, self.worker, self._finished)
+        self._live.add(g)
+        g.link(self._live.discard)
+        self.issued += 1
+        if self.on_issue is not None:
+            self.on_issue()
+
+    def run(self) -> DispatchOutcome:
+        t0, offsets, sem, stop = self.t0, self.offsets, self.sem, self.stop_event
+        for i in self.indices:
+            if stop.is_set():
+                break
+            index = int(i)
+            off = int(offsets[index])
+            deadline = t0 + off
+            if _now() < deadline and not sleep_until(deadline, stop):
+                break
+            if sem is not None:
+                if sem.locked() and self.drop:
+                    self._record_dropped(index, off, _now() - deadline)
+                    continue
+                sem.acquire()
+            late = _now() - deadline
+            if late > self.tolerance:
+                if self.drop:
+                    if sem is not None:
+                        sem.release()
+                    self._record_dropped(index, off, late)
+                    continue
+                self.late += 1
+            self._launch(index, off)
+        issue_end = _now() - t0
+        interrupted = stop.is_set()
+        if self._live and not interrupted:
+            end = time.monotonic() + self.drain_timeout_s
+            while self._live and not stop.is_set() and time.monotonic() < end:
+                gevent.wait(list(self._live), timeout=min(0.2, max(0.0, end - time.monotonic())), count=1)
+        cancelled = len(self._live)
+        if self._live:
+            gevent.killall(list(self._live), block=True, timeout=10)
+        return DispatchOutcome(issue_end, _now() - t0, self.issued, self.dropped, self.late, cancelled,
+                               stop.is_set())

@@ -1,0 +1,81 @@
+"""``install()``: what a locustfile calls once to plug the loadgen core into Locust.
+
+It registers the scenario arguments, creates each process's ``LocustSession`` at ``init`` (with the web UI
+additions and the custom messages of distributed runs) and routes Locust's events to it. Several scenario files
+call it (``locust -f scenarios/`` imports them all); only the first call registers anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from loadgen.errors import LoadgenError
+
+_STATE = {"installed": False}
+log = logging.getLogger("loadgen.locust")
+
+
+def install() -> None:
+    """Register the loadgen listeners on Locust's global event hooks (idempotent)."""
+    if _STATE["installed"]:
+        return
+    _STATE["installed"] = True
+    from locust import events
+
+    from loadgen.locust.args import add_arguments
+
+    events.init_command_line_parser.add_listener(lambda parser, **_: add_arguments(parser))
+    events.init.add_listener(_on_init)
+    events.test_start.add_listener(lambda environment, **_: _session(environment).on_test_start())
+    events.test_stop.add_listener(lambda environment, **_: _session(environment).on_test_stop())
+    events.quitting.add_listener(lambda environment, **_: _session(environment).on_quitting())
+
+
+def _session(environment: Any) -> Any:
+    from loadgen.locust.session import session_of
+
+    return session_of(environment)
+
+
+def _on_init(environment: Any, **_: Any) -> None:
+    from loadgen.locust.session import DONE_MESSAGE, STOP_MESSAGE, LocustSession
+
+    session = LocustSession(environment)
+    environment.loadgen_session = session
+    runner = environment.runner
+    events = environment.events
+    # The report hooks carry no environment: each process binds its own session here, once.
+    if session.role == "master":
+        runner.register_message(DONE_MESSAGE, lambda environment, msg, **_: session.on_done_message(msg.data))
+        events.worker_report.add_listener(lambda client_id, data, **_: session.stats.merge(data.get("loadgen")))
+    elif session.role == "worker":
+        runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: _stop_worker(session),
+                                concurrent=True)
+        events.report_to_master.add_listener(lambda client_id, data, **_: _attach_delta(session, data))
+    if environment.web_ui is not None:
+        from loadgen.locust import web
+
+        web.install(environment.web_ui, session)
+    opts = environment.parsed_options
+    if session.role != "worker" and opts is not None and (opts.headless or opts.autostart):
+        try:  # fail before Locust starts anything: one line and the error's exit code
+            session.validate_form(opts)
+        except LoadgenError as err:
+            sys.stderr.write(f"loadgen: error: {err}\n")
+            sys.exit(err.exit_code)
+
+
+def _stop_worker(session: Any) -> None:
+    """The master is ending the level early: stop this worker's users and stripe (its test_stop sends the rest)."""
+    runner = session.environment.runner
+    if runner.state not in ("stopped", "stopping", "cleanup"):
+        runner.stop()
+    session.stop_node()
+
+
+def _attach_delta(session: Any, data: dict) -> None:
+    delta = session.take_delta()
+    if delta:
+        data["loadgen"] = delta

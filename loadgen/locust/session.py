@@ -1,0 +1,479 @@
+"""One Locust process's part in a load level: plan it (master or local runner), run a stripe (local runner or
+worker), merge the statistics and write the run directory (master or local runner).
+
+Distributed runs: at ``test_start`` the master probes the target, creates the run directory, builds the schedule
+(to validate it and to know its rate) and puts a *plan* in ``parsed_options`` (Locust copies custom options into
+every spawn message): the run directory, the target URL, a wall-clock t0 a little ahead, and each connected
+worker's stripe number. Each worker rebuilds the same schedule from the same options and seed, keeps request
+indices ``i % n == stripe`` (``offsets_for_stripe``), converts t0 to its own monotonic clock and issues its
+stripe at the absolute deadlines. So the union of the stripes is exactly the planned arrival process, with no
+coordination during the run. Workers write their own records file, send histogram deltas with Locust's stats
+reports and a last delta with a ``loadgen_done`` message; the master ends the test when every stripe is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust.exception import StopUser
+
+from loadgen.core.histogram import LogHistogram
+from loadgen.core.records import STATUS_ERROR, STATUS_OK, RequestRecord
+from loadgen.errors import LoadgenError, UsageError
+from loadgen.locust import report as lreport
+from loadgen.locust.args import MODES, Scenario, scenario_from_options
+from loadgen.locust.dispatch import DispatchOutcome, OpenLoopDispatcher, run_request, sleep_until
+from loadgen.locust.level import build_workload, client_block, level_context
+from loadgen.locust.stats import LLMStats, MeasureWindow, NodeStats
+
+log = logging.getLogger("loadgen.locust")
+DONE_MESSAGE = "loadgen_done"
+STOP_MESSAGE = "loadgen_stop"
+DISTRIBUTED_LEAD_S = 2.0  # t0 this far after planning: spawn messages, schedule and probe on every worker
+LOCAL_LEAD_NS = 50_000_000
+FINAL_WAIT_S = 30.0  # the master waits this long for the workers' last messages when a run is cut short
+
+
+class LLMRequestError(Exception):
+    """A failed LLM request as Locust's failure statistics show it: the error kind (and HTTP status)."""
+
+
+def session_of(environment: Any) -> LocustSession:
+    session = getattr(environment, "loadgen_session", None)
+    if session is None:
+        raise RuntimeError("loadgen.locust.plugin.install() was not called by the locustfile")
+    return session
+
+
+class LocustSession:
+    def __init__(self, environment: Any) -> None:
+        from locust.runners import MasterRunner, WorkerRunner
+
+        self.environment = environment
+        runner = environment.runner
+        self.role = "worker" if isinstance(runner, WorkerRunner) else "master" if isinstance(runner, MasterRunner) \
+            else "local"
+        self.stats = LLMStats()
+        self.run_dir: Path | None = None
+        self.summary: dict[str, Any] | None = None
+        self.server: Any = None  # embedded Triton, started when --host is empty
+        self.seed = 0
+        self.think_time_s = 0.0
+        self.think_dist = "exponential"
+        self._user_numbers = itertools.count()
+        self._level: dict[str, Any] | None = None
+
+    @property
+    def options(self) -> Any:
+        return self.environment.parsed_options
+
+    def next_user_number(self) -> int:
+        return next(self._user_numbers)
+
+    # -- choosing and validating -----------------------------------------------------------------------------
+    def pick_class(self, names: list[str] | None = None) -> type:
+        env = self.environment
+        if names:
+            classes = [env.available_user_classes[n] for n in names if n in (env.available_user_classes or {})]
+        else:
+            classes = list(env.user_classes)
+        llm = [c for c in classes if getattr(c, "mode", None) in MODES]
+        if len(llm) != 1:
+            listed = ", ".join(sorted(c.__name__ for c in llm)) or "none"
+            raise UsageError(f"pick exactly one scenario class (selected: {listed}); e.g. `locust -f scenarios/ "
+                             "TritonHttpPoisson`, or --class-picker in the web UI")
+        return llm[0]
+
+    def validate_form(self, options: Any, names: list[str] | None = None) -> Scenario:
+        return scenario_from_options(options, self.pick_class(names), getattr(options, "num_users", None))
+
+    def _fail(self, err: LoadgenError) -> None:
+        """One clear line, the error's exit code, and the test stopped."""
+        log.error("loadgen: %s", err)
+        self.environment.process_exit_code = err.exit_code
+        if self.role == "master":
+            self.options.loadgen_plan = None  # the workers start nothing
+        if self.role != "worker":
+            self._level = None
+            self._end_test()
+
+    # -- test start ------------------------------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        try:
+            if self.role == "worker":
+                self._start_worker()
+            else:
+                self._plan_level()
+        except LoadgenError as err:
+            self._fail(err)
+
+    def _target(self, scenario: Scenario) -> str:
+        s = scenario.settings
+        if s.url:
+            return s.url
+        if self.server is None:
+            from loadgen.serve.launcher import EmbeddedServer, ServerConfig
+
+            log.info("loadgen: no --host; starting the embedded Triton server (%s on emulated %s)",
+                     s.server_model, s.server_gpu)
+            self.server = EmbeddedServer(ServerConfig(model_name=s.model, profile=s.server_model, gpu=s.server_gpu,
+                                                      replicas=s.server_replicas, max_batch=s.server_max_batch,
+                                                      speed=s.server_speed))
+            self.server.start()
+        return self.server.grpc_url if s.backend == "triton-grpc" else self.server.http_url
+
+    def _plan_level(self) -> None:
+        from loadgen.locust.backends import make_backend
+        from loadgen.runner.rundir import make_run_dir, write_json
+
+        opts = self.options
+        cls = self.pick_class()
+        scenario = scenario_from_options(opts, cls, getattr(opts, "num_users", None))
+        s = scenario.settings
+        url = self._target(scenario)
+        workload = build_workload(scenario)
+        backend = make_backend(s, url)
+        backend.start()
+        try:
+            info = backend.probe()
+        except LoadgenError:
+            backend.close()
+            raise
+        name = s.name or f"locust-{s.default_name()}"
+        run_dir = make_run_dir(Path(s.out_dir), name)
+        ctx = level_context(scenario, url, workload, name)
+        self.stats = LLMStats()
+        self.run_dir, self.summary = run_dir, None
+        self.seed, self.think_time_s, self.think_dist = s.seed, scenario.think_time_s, scenario.think_dist
+        if self.role == "master":
+            runner = self.environment.runner
+            nodes = sorted(n.id for n in runner.clients.ready + runner.clients.running + runner.clients.spawning)
+            stripes = {node: k for k, node in enumerate(nodes)}
+            backend.close()
+            backend = None
+        else:
+            stripes = {"local": 0}
+        # duration_s: resolved here, since it may come from --run-time, which Locust does not send to workers
+        plan = {"run_dir": str(run_dir), "url": url, "user_class": cls.__name__, "users": scenario.users,
+                "duration_s": s.duration_s,
+                "t0_wall_ns": time.time_ns() + int(DISTRIBUTED_LEAD_S * 1e9), "stripes": stripes,
+                "n": len(stripes)}
+        ctx.extra = {**ctx.extra, "locust": {**scenario.public_dict(), "role": self.role, "workers": len(stripes),
+                                             "plan": {k: v for k, v in plan.items() if k != "stripes"}}}
+        config = {"front_end": "locust", "settings": s.public_dict(), "url": url, "server_info": info,
+                  "embedded_server": self.server.describe() if self.server is not None else None,
+                  "level_context": asdict(ctx)}
+        write_json(run_dir / "config.json", config)
+        self._level = {"scenario": scenario, "ctx": ctx, "config": config, "plan": plan, "workload": workload,
+                       "dones": {}, "finalized": False, "ending": False, "stop_sent": False}
+        log.info("loadgen: %s -> %s (%s, model %s); run directory %s", cls.__name__, url, s.backend, s.model, run_dir)
+        if self.role == "master":
+            self.options.loadgen_plan = plan
+            self._level["ticker"] = gevent.spawn(self._tick_loop, None)
+        else:
+            self._start_node(plan, 0, scenario, workload, backend)
+
+    def _start_worker(self) -> None:
+        plan = getattr(self.options, "loadgen_plan", None)
+        runner = self.environment.runner
+        if not plan:
+            log.warning("loadgen: no plan from the master (it could not start the level; see its log)")
+            return
+        stripe = plan["stripes"].get(runner.client_id)
+        if stripe is None:
+            log.warning("loadgen: this worker joined after the level was planned; it sends nothing this level")
+            return
+        cls = self.environment.available_user_classes.get(plan["user_class"]) if \
+            self.environment.available_user_classes else None
+        cls = cls or next((c for c in self.environment.user_classes if c.__name__ == plan["user_class"]), None)
+        if cls is None:
+            raise UsageError(f"this worker has no user class {plan['user_class']}; give it the same locustfiles")
+        opts = self.options
+        if plan.get("duration_s") and not str(getattr(opts, "duration", "") or "").strip():
+            opts = copy.copy(opts)
+            opts.duration = f"{plan['duration_s']!r}s"
+        scenario = scenario_from_options(opts, cls, plan.get("users"))
+        scenario.settings.url = plan["url"]
+        self.seed, self.think_time_s, self.think_dist = (scenario.settings.seed, scenario.think_time_s,
+                                                         scenario.think_dist)
+        self.run_dir = Path(plan["run_dir"])
+        self._level = {"scenario": scenario, "plan": plan, "dones": {}, "finalized": False, "ending": False}
+        self._start_node(plan, stripe, scenario, build_workload(scenario), None)
+
+    # -- a node: the local runner or a worker --------------------------------------------------------------
+    def _start_node(self, plan: dict, stripe: int, scenario: Scenario, workload: dict, backend: Any) -> None:
+        from loadgen.core.arrivals import offsets_for_stripe
+        from loadgen.core.slo import parse_slo
+        from loadgen.locust.backends import make_backend
+        from loadgen.runner.recorder import Recorder
+
+        lv = self._level
+        assert lv is not None
+        s = scenario.settings
+        if backend is None:
+            backend = make_backend(s, plan["url"])
+            backend.start()
+            backend.probe()
+        run_dir = Path(plan["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / ("records.jsonl" if self.role == "local" else f"records.w{stripe}.jsonl")
+        offsets = workload["offsets"]
+        cool_ns = int(s.cooldown_s * 1e9)
+        sched_end = float(offsets[-1] - cool_ns) if offsets is not None and cool_ns else math.inf
+        window = MeasureWindow(s.warmup_requests, s.warmup_s, sched_end, s.late_tolerance_s * 1e9)
+        n = plan["n"]
+        lv.update(backend=backend, source=workload["source"], stripe=stripe, n=n, records=path,
+                  recorder=Recorder(path), node=NodeStats(window, parse_slo(s.slo_text) if s.slo_text else None),
+                  node_done=False, cpu0=time.process_time(), wall0=time.perf_counter(), hub_lag=LogHistogram(),
+                  inflight=0, exhausted=False, closed_k=itertools.count(), issued=0)
+        lv["flusher"] = gevent.spawn(self._flush_loop, lv)
+        lv["lag_monitor"] = gevent.spawn(self._hub_lag_loop, lv)
+        if self.role == "local":
+            lv["t0"] = time.perf_counter_ns() + (LOCAL_LEAD_NS if scenario.mode != "closed" else 0)
+            lv["ticker"] = gevent.spawn(self._tick_loop, lv)
+        else:
+            lv["t0"] = time.perf_counter_ns() + (plan["t0_wall_ns"] - time.time_ns())
+        if scenario.mode == "closed":
+            m = s.max_requests
+            lv["closed_limit"] = None if m is None else max(0, -(-(m - stripe) // n))
+            lv["closed_end"] = lv["t0"] + int(s.duration_s * 1e9) if s.duration_s else None
+            return
+        indices, _ = offsets_for_stripe(offsets, stripe, n)
+        lv["dispatcher"] = OpenLoopDispatcher(
+            backend, workload["source"], self._on_record, offsets, indices, lv["t0"], on_late=s.on_late,
+            late_tolerance_ns=int(s.late_tolerance_s * 1e9), concurrency=s.concurrency,
+            drain_timeout_s=s.drain_timeout_s, worker=stripe)
+        lv["dispatch_greenlet"] = gevent.spawn(self._dispatch, lv)
+
+    def _dispatch(self, lv: dict) -> None:
+        outcome = lv["dispatcher"].run()
+        self._node_finished(lv, outcome)
+
+    def _on_record(self, rec: RequestRecord) -> None:
+        lv = self._level
+        if lv is None or lv.get("node_done"):
+            return
+        lv["recorder"].add(rec)
+        lv["node"].add(rec)
+        if rec.status not in (STATUS_OK, STATUS_ERROR) or rec.issued_ns is None:
+            return
+        backend = lv["backend"]
+        end = rec.last_token_ns if rec.status == STATUS_OK and rec.last_token_ns is not None else rec.end_ns
+        rt = max(0.0, ((end if end is not None else rec.issued_ns) - rec.issued_ns) / 1e6)
+        exc = None
+        if rec.status == STATUS_ERROR:
+            kind = rec.error_kind or "error"
+            exc = LLMRequestError(f"{kind} {rec.http_status}" if rec.http_status and kind == "http_status" else kind)
+        self.environment.events.request.fire(
+            request_type=backend.name, name=backend.endpoint, response_time=rt,
+            response_length=rec.output_tokens if rec.status == STATUS_OK else 0, exception=exc, context={})
+
+    def closed_loop_request(self) -> None:
+        """One request of a closed-loop user (raises StopUser when this node's share is done)."""
+        lv = self._level
+        if lv is None or "closed_limit" not in lv or lv["node_done"]:
+            raise StopUser()
+        if time.perf_counter_ns() < lv["t0"]:  # a distributed level starts at the planned t0 on every worker
+            sleep_until(lv["t0"])
+        k = next(lv["closed_k"])
+        now = time.perf_counter_ns()
+        if (lv["closed_limit"] is not None and k >= lv["closed_limit"]) or \
+                (lv["closed_end"] is not None and now >= lv["closed_end"]):
+            lv["exhausted"] = True
+            self._closed_check(lv)
+            raise StopUser()
+        lv["inflight"] += 1
+        lv["issued"] += 1
+        try:
+            run_request(lv["backend"], lv["source"], k * lv["n"] + lv["stripe"], now - lv["t0"], lv["t0"],
+                        lv["stripe"], self._on_record)
+        finally:
+            lv["inflight"] -= 1
+        self._closed_check(lv)
+
+    def _closed_check(self, lv: dict) -> None:
+        if lv["exhausted"] and lv["inflight"] == 0 and not lv["node_done"]:
+            gevent.spawn(self._node_finished, lv, self._closed_outcome(lv, interrupted=False))
+
+    def _closed_outcome(self, lv: dict, interrupted: bool) -> DispatchOutcome:
+        now = time.perf_counter_ns() - lv["t0"]
+        return DispatchOutcome(now, now, lv["issued"], 0, 0, lv["inflight"], interrupted)
+
+    def _flush_loop(self, lv: dict) -> None:
+        while not lv["node_done"]:
+            gevent.sleep(0.25)
+            lv["recorder"].flush()
+
+    def _hub_lag_loop(self, lv: dict) -> None:
+        """How late the gevent hub wakes a 10 ms sleeper: the event-loop lag of this generator process."""
+        while not lv["node_done"]:
+            t = time.perf_counter_ns()
+            gevent.sleep(0.01)
+            lv["hub_lag"].record(max(1, time.perf_counter_ns() - t - 10_000_000))
+
+    def _tick_loop(self, lv: dict | None) -> None:
+        while True:
+            gevent.sleep(1.0)
+            if lv is not None:
+                if lv["node_done"]:
+                    return
+                self.stats.merge(lv["node"].take())
+            self.stats.tick()
+
+    def _node_finished(self, lv: dict, outcome: DispatchOutcome) -> None:
+        if lv["node_done"]:
+            return
+        lv["node_done"] = True
+        lv["recorder"].close()
+        cpu_s, wall_s = time.process_time() - lv["cpu0"], time.perf_counter() - lv["wall0"]
+        lag = lv["hub_lag"]
+        done = {"stripe": lv["stripe"], "records": str(lv["records"]), "written": lv["recorder"].written,
+                "outcome": asdict(outcome), "delta": lv["node"].take(), "cpu_seconds": round(cpu_s, 3),
+                "wall_seconds": round(wall_s, 3), "t0_monotonic_ns": lv["t0"], "hub_lag_p99_ms": round(lag.percentile(99) / 1e6, 3)
+                if lag.count else 0.0}
+        lv["backend"].close()
+        if self.role == "worker":
+            self.environment.runner.send_message(DONE_MESSAGE, done)
+            return
+        self.on_done_message(done)
+
+    def stop_node(self) -> None:
+        """Stop issuing; what is in flight is cancelled and recorded; the node's last message goes out."""
+        lv = self._level
+        if lv is None or "node" not in lv or lv["node_done"]:
+            return
+        if "dispatcher" in lv:
+            lv["dispatcher"].stop()
+            lv["dispatch_greenlet"].join(timeout=30)
+        if not lv["node_done"]:
+            self._node_finished(lv, self._closed_outcome(lv, interrupted=True))
+
+    # -- the master / local side ---------------------------------------------------------------------------
+    def on_done_message(self, done: dict) -> None:
+        lv = self._level
+        if lv is None or lv["finalized"]:
+            return
+        lv["dones"][done["stripe"]] = done
+        self.stats.merge(done.get("delta"))
+        if len(lv["dones"]) >= lv["plan"]["n"] and not lv.get("stopping"):
+            self._end_test()
+
+    def _end_test(self) -> None:
+        """Every stripe is done (or the level failed): stop Locust the way --run-time would."""
+        lv = self._level
+        if lv is not None:
+            if lv["ending"]:
+                return
+            lv["ending"] = True
+        opts, runner = self.options, self.environment.runner
+        if getattr(opts, "headless", False):
+            gevent.spawn(runner.quit)
+            return
+        gevent.spawn(runner.stop)
+        autoquit = getattr(opts, "autoquit", -1)
+        if getattr(opts, "autostart", False) and autoquit is not None and autoquit >= 0:
+            gevent.spawn_later(autoquit, self._quit_all)
+
+    def _quit_all(self) -> None:
+        self.environment.runner.quit()
+        if self.environment.web_ui is not None:
+            self.environment.web_ui.stop()
+
+    def on_test_stop(self) -> None:
+        if self.role == "worker":
+            self.stop_node()
+            return
+        lv = self._level
+        if lv is None or lv["finalized"]:
+            return
+        lv["stopping"] = True  # Locust is stopping already: the last stripe must not stop it again
+        if self.role == "local":
+            self.stop_node()
+        else:
+            self._wait_for_workers(lv)
+        try:
+            self._finalize(lv)
+        except LoadgenError as err:
+            log.error("loadgen: %s", err)
+            self.environment.process_exit_code = err.exit_code
+
+    def _wait_for_workers(self, lv: dict) -> None:
+        end = time.monotonic() + FINAL_WAIT_S
+        while len(lv["dones"]) < lv["plan"]["n"] and time.monotonic() < end:
+            if not lv["stop_sent"]:
+                lv["stop_sent"] = True
+                self.environment.runner.send_message(STOP_MESSAGE, {})
+            gevent.sleep(0.1)
+        missing = lv["plan"]["n"] - len(lv["dones"])
+        if missing:
+            log.warning("loadgen: %d worker(s) sent no final message; their last stats are missing", missing)
+
+    def _finalize(self, lv: dict) -> None:
+        from rich.console import Console
+
+        from loadgen.core.slo import evaluate, parse_fail_on
+        from loadgen.report import render_report, report_text
+        from loadgen.runner.rundir import write_json
+
+        lv["finalized"] = True
+        if lv.get("ticker") is not None:
+            lv["ticker"].kill(block=False)
+        self.stats.tick()
+        ctx, config, run_dir = lv["ctx"], lv["config"], Path(lv["plan"]["run_dir"])
+        dones = list(lv["dones"].values())
+        if dones:
+            ctx.run_end_ns = max(d["outcome"]["issue_end_ns"] for d in dones)
+        ctx.client = client_block(dones, lv["plan"]["n"])
+        config["level_context"] = asdict(ctx)
+        write_json(run_dir / "config.json", config)
+        files = [Path(d["records"]) for d in dones]
+        readable = len(dones) == lv["plan"]["n"] and all(lreport.count_lines(f) >= d["written"]
+                                                          for f, d in zip(files, dones, strict=True))
+        if readable:
+            summary = lreport.exact_summary(files, ctx)
+        else:
+            summary = lreport.histogram_summary(self.stats, ctx, lv["workload"]["offsets"])
+        self.summary = summary
+        write_json(run_dir / "summary.json", summary)
+        (run_dir / "report.txt").write_text(report_text([summary]))
+        lreport.write_stats_csv(run_dir / "llm_stats.csv", self.stats)
+        lreport.write_history_json(run_dir / "llm_history.json", self.stats)
+        prefix = getattr(self.options, "csv_prefix", None)
+        if prefix:
+            lreport.write_stats_csv(Path(f"{prefix}_llm_stats.csv"), self.stats)
+            lreport.write_history_csv(Path(f"{prefix}_llm_stats_history.csv"), self.stats)
+        console = Console(width=120)
+        render_report([summary], console, title=f"loadgen (Locust) {ctx.name}", show_legend=False)
+        how = "exact, from every records file" if readable else \
+            "from the merged histograms; copy the workers' records.w*.jsonl here and run `loadgen report`"
+        console.print(f"run directory: {run_dir} (summary {how})")
+        fail_on = lv["scenario"].settings.fail_on_text
+        if fail_on:
+            failed = [(c, a) for c, a, ok in evaluate(parse_fail_on(fail_on), summary) if not ok]
+            if failed:
+                log.error("loadgen: --fail-on missed: %s", ", ".join(f"{c.text} (got {a})" for c, a in failed))
+                self.environment.process_exit_code = 4
+
+    def on_quitting(self) -> None:
+        html_file = getattr(self.options, "html_file", None)
+        if html_file and self.role != "worker" and Path(html_file).is_file():
+            page = Path(html_file).read_text(encoding="utf-8")
+            Path(html_file).write_text(lreport.inject_html(page, lreport.html_block(self.summary, self.stats)),
+                                       encoding="utf-8")
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def take_delta(self) -> dict | None:
+        lv = self._level
+        if lv is None or "node" not in lv or lv["node_done"]:
+            return None
+        return lv["node"].take()

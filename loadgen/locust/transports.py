@@ -1,0 +1,414 @@
+"""gevent transports for the Locust front end: HTTP/1.1 streaming and Triton gRPC streaming.
+
+They do what the asyncio transports do, with the same sans-IO pieces, so a record means the same thing from both
+front ends:
+
+- HTTP: sockets come from geventhttpclient's connection pool (keep-alive, TLS, DNS); each network read is stamped
+  with ``perf_counter_ns`` and handed to the asyncio fast client's ``ResponseFraming`` (chunked / length /
+  close-delimited bodies); parsing waits until the body has ended (``finish_http_stream``).
+- gRPC: one decoupled ``ModelStreamInfer`` stream multiplexes every request (tritonclient's generated stub, under
+  ``grpc.experimental.gevent``); a reader greenlet stamps each response as it arrives and files it under its
+  request id; the responses become tokens through ``GrpcStreamParser`` once the request has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.event
+import gevent.queue
+import orjson
+from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
+
+from loadgen.codecs.triton_grpc import GrpcStreamParser, Tensor
+from loadgen.core.records import (
+    ERR_CONNECTION,
+    ERR_HTTP,
+    ERR_TIMEOUT,
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    RequestRecord,
+)
+from loadgen.transport.common import apply_totals, finish_http_stream
+from loadgen.transport.fasthttp import ProtocolError, ResponseFraming
+
+_now = time.perf_counter_ns
+_RECV = 65536
+
+
+class _NoDelayMixin:
+    """Small request writes go out at once (asyncio sets TCP_NODELAY on its TCP transports too)."""
+
+    def after_connect(self, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class _Pool(_NoDelayMixin, ConnectionPool):
+    pass
+
+
+class _TlsPool(_NoDelayMixin, SSLConnectionPool):
+    pass
+
+
+class _Exchange:
+    __slots__ = ("framing", "times", "chunks", "error")
+
+    def __init__(self) -> None:
+        self.framing = ResponseFraming()
+        self.times: list[int] = []
+        self.chunks: list[bytes] = []
+        self.error: str | None = None
+
+
+class GeventHttpTransport:
+    """POST a JSON body and capture the streamed response into a ``RequestRecord`` (times relative to ``t0``)."""
+
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
+                 request_timeout_s: float | None = None, max_connections: int = 100_000) -> None:
+        self.base_url = base_url.rstrip("/")
+        u = urlsplit(self.base_url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (443 if u.scheme == "https" else 80)
+        self.prefix = u.path.rstrip("/")
+        self.tls = u.scheme == "https"
+        self.request_timeout_s = request_timeout_s
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._head_tail = (f"Host: {u.netloc}\r\nContent-Type: application/json\r\n"
+                           f"Accept: text/event-stream, application/json\r\n{extra}").encode()
+        opts = dict(size=max_connections, connection_timeout=10.0, network_timeout=None)
+        if u.scheme == "https":
+            self.pool: Any = _TlsPool(self.host, self.port, self.host, self.port, insecure=not verify_tls, **opts)
+        else:
+            self.pool = _Pool(self.host, self.port, self.host, self.port, **opts)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _request(self, method: str, path: str, body: bytes) -> bytes:
+        length = f"Content-Length: {len(body)}\r\n" if method == "POST" else ""
+        return (f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode() + self._head_tail + length.encode() + b"\r\n"
+                + body)
+
+    def _exchange(self, payload: bytes, ex: _Exchange, on_send: Any = None) -> None:
+        """Send ``payload`` and read one response into ``ex`` (kept by the caller, so a cancelled or timed-out
+        exchange still has what had arrived)."""
+        sock = self.pool.get_socket()
+        reusable = False
+        try:
+            if on_send is not None:
+                on_send()
+            if self.tls:
+                self._read_greenlet(sock, payload, ex)
+            else:
+                self._read_callbacks(sock, payload, ex)
+            reusable = ex.error is None and ex.framing.complete and ex.framing.keep_alive
+        finally:
+            if reusable:
+                self.pool.return_socket(sock)
+            else:
+                self.pool.release_socket(sock)
+
+    @staticmethod
+    def _read_callbacks(sock: Any, payload: bytes, ex: _Exchange) -> None:
+        """Plain TCP: a read watcher on the hub stamps and frames each read in its callback, as the asyncio client's
+        ``data_received`` does. No greenlet switch per read, and every readable stream is stamped before any
+        greenlet resumes to parse a finished response."""
+        fd = sock.fileno()
+        framing, times, chunks = ex.framing, ex.times, ex.chunks
+        done = gevent.event.Event()
+        read = os.read
+
+        def readable() -> None:
+            try:
+                data = read(fd, _RECV)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                ex.error = f"connection error: {err.strerror or err}"
+                done.set()
+                return
+            t = _now()
+            if not data:
+                if not (framing.headers_done and not framing.chunked and framing.remaining < 0):
+                    ex.error = "connection closed by the server mid-response (EOF)"
+                done.set()
+                return
+            try:
+                body = framing.feed(data)
+            except (ProtocolError, ValueError) as err:  # a malformed status line or chunk size
+                ex.error = f"malformed HTTP response: {err}"
+                done.set()
+                return
+            if body:
+                times.append(t)
+                chunks.append(body)
+            if framing.complete:
+                done.set()
+
+        watcher = gevent.get_hub().loop.io(fd, 1)
+        watcher.start(readable)
+        try:
+            sock.sendall(payload)
+            done.wait()
+        finally:
+            watcher.stop()
+            watcher.close()
+
+    @staticmethod
+    def _read_greenlet(sock: Any, payload: bytes, ex: _Exchange) -> None:
+        """TLS: the socket's own (blocking-in-a-greenlet) reads."""
+        framing, times, chunks = ex.framing, ex.times, ex.chunks
+        sock.sendall(payload)
+        recv = sock.recv
+        try:
+            while not framing.complete:
+                data = recv(_RECV)
+                t = _now()
+                if not data:
+                    if not (framing.headers_done and not framing.chunked and framing.remaining < 0):
+                        ex.error = "connection closed by the server mid-response (EOF)"
+                    return
+                body = framing.feed(data)
+                if body:
+                    times.append(t)
+                    chunks.append(body)
+        except (ProtocolError, ValueError) as err:
+            ex.error = f"malformed HTTP response: {err}"
+
+    def _simple(self, method: str, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
+        ex = _Exchange()
+        with gevent.Timeout(timeout_s, TimeoutError(f"{method} {path}: no answer within {timeout_s:g} s")):
+            self._exchange(self._request(method, path, body), ex)
+        if ex.error is not None:
+            raise ConnectionError(ex.error)
+        return ex.framing.status, b"".join(ex.chunks)
+
+    def get_json(self, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """A small control-plane GET (probing): (status, parsed JSON or text)."""
+        status, text = self._simple("GET", path, b"", timeout_s)
+        try:
+            return status, orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return status, text.decode("utf-8", "replace")
+
+    def post_json(self, path: str, obj: Any, timeout_s: float = 5.0) -> tuple[int, Any]:
+        status, text = self._simple("POST", path, orjson.dumps(obj), timeout_s)
+        try:
+            return status, orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return status, None
+
+    def stream(self, path: str, body: bytes, rec: RequestRecord, parser: Any, t0: int) -> None:
+        """Run one streamed exchange; the outcome (status, error kind, chunks) is settled into ``rec``."""
+        payload = self._request("POST", path, body)
+        ex = _Exchange()
+
+        def issued() -> None:
+            rec.issued_ns = _now() - t0
+
+        timeout = gevent.Timeout(self.request_timeout_s) if self.request_timeout_s else None
+        try:
+            if timeout is not None:
+                timeout.start()
+            self._exchange(payload, ex, issued)
+        except gevent.Timeout as err:
+            if err is not timeout:
+                raise
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+            rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+        except gevent.GreenletExit:
+            # The run is stopping: keep what did arrive, then let the kill through.
+            if rec.issued_ns is None:
+                rec.issued_ns = _now() - t0
+            self._settle(rec, ex, parser, t0)
+            rec.status, rec.error_kind = STATUS_CANCELLED, None
+            raise
+        except OSError as err:
+            connected = rec.issued_ns is not None
+            if not connected:
+                rec.issued_ns = _now() - t0
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
+            rec.error = (f"connection lost: {err}" if connected else f"cannot connect: {err.strerror or err}")[:500]
+        finally:
+            if timeout is not None:
+                timeout.close()
+        self._settle(rec, ex, parser, t0)
+
+    @staticmethod
+    def _settle(rec: RequestRecord, ex: _Exchange, parser: Any, t0: int) -> None:
+        rec.end_ns = _now() - t0
+        framing, times, chunks = ex.framing, ex.times, ex.chunks
+        if framing.headers_done:
+            rec.http_status = framing.status
+        if times:
+            rec.first_byte_ns = times[0] - t0
+        if rec.status != STATUS_ERROR:
+            if ex.error is not None:
+                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, ex.error[:500]
+            elif framing.headers_done and framing.status >= 300:
+                text = b"".join(chunks).decode("utf-8", "replace")
+                rec.status, rec.error_kind = STATUS_ERROR, ERR_HTTP
+                rec.error = f"HTTP {framing.status}: {' '.join(text.split())[:300]}"
+                return
+        finish_http_stream(rec, parser, times, chunks, t0)
+
+
+# ---------------------------------------------------------------------------------------------------- gRPC
+_GEVENT_GRPC = {"ready": False}
+
+
+def init_grpc_gevent() -> None:
+    """Make grpc cooperate with gevent; must run before the first grpc object of the process is created."""
+    if not _GEVENT_GRPC["ready"]:
+        from grpc.experimental import gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+        _GEVENT_GRPC["ready"] = True
+
+
+class _Pending:
+    __slots__ = ("times", "responses", "done", "error", "completed")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.responses: list[Any] = []
+        self.done = gevent.event.Event()
+        self.error: str | None = None
+        self.completed = False
+
+
+class GeventGrpcTransport:
+    """Triton ``ModelStreamInfer`` with every request on one stream (as the asyncio gRPC transport does)."""
+
+    def __init__(self, target: str, *, request_timeout_s: float | None = None) -> None:
+        self.tls = target.startswith("grpcs://")
+        self.target = target.removeprefix("grpc://").removeprefix("grpcs://")
+        self.request_timeout_s = request_timeout_s
+        self._channel: Any = None
+        self.stub: Any = None
+        self._queue: gevent.queue.Queue | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._next_id = 0
+
+    def start(self) -> None:
+        init_grpc_gevent()
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
+        opts = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+        if self.tls:
+            self._channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(), options=opts)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=opts)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+        if self._reader is not None:
+            self._reader.kill(block=True, timeout=2)
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _requests(self, queue: gevent.queue.Queue) -> Any:
+        while True:
+            req = queue.get()
+            if req is None:
+                return
+            yield req
+
+    def _open_stream(self) -> None:
+        self._queue = gevent.queue.Queue()
+        call = self.stub.ModelStreamInfer(self._requests(self._queue))
+        self._reader = gevent.spawn(self._read_loop, call, self._queue)
+
+    def _read_loop(self, call: Any, queue: gevent.queue.Queue) -> None:
+        import grpc
+
+        pending = self._pending
+        reason = "the server closed the stream"
+        try:
+            for resp in call:
+                t = _now()
+                p = pending.get(resp.infer_response.id)
+                if p is None:
+                    continue  # a late response of a request that already timed out
+                p.times.append(t)
+                if resp.error_message:
+                    p.error = resp.error_message
+                    p.completed = True
+                    p.done.set()
+                    continue
+                p.responses.append(resp.infer_response)
+                params = resp.infer_response.parameters
+                if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                    p.completed = True
+                    p.done.set()
+        except grpc.RpcError as err:
+            reason = f"{err.code().name}: {err.details()}"
+        except gevent.GreenletExit:
+            reason = "the client closed the stream"
+            call.cancel()
+        finally:
+            if self._queue is queue:
+                self._queue, self._reader = None, None
+            for p in pending.values():
+                if not p.done.is_set():
+                    p.error = p.error or f"stream ended: {reason}"
+                    p.done.set()
+
+    def stream(self, model: str, tensors: list[Tensor], rec: RequestRecord, parser: GrpcStreamParser,
+               t0: int) -> None:
+        from loadgen.transport.grpc import build_request
+
+        self._next_id += 1
+        rid = f"{rec.index}-{self._next_id}"
+        p = _Pending()
+        self._pending[rid] = p
+        req = build_request(model, rid, tensors)
+        try:
+            if self._queue is None:
+                self._open_stream()
+            rec.issued_ns = _now() - t0
+            self._queue.put(req)  # type: ignore[union-attr]
+            if not p.done.wait(self.request_timeout_s):
+                rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+                rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+        except gevent.GreenletExit:
+            self._finish(rec, rid, p, parser, t0)
+            rec.status, rec.error_kind = STATUS_CANCELLED, None
+            raise
+        self._finish(rec, rid, p, parser, t0)
+
+    def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int) -> None:
+        from tritonclient.grpc import InferResult
+
+        self._pending.pop(rid, None)
+        rec.end_ns = (p.times[-1] if p.times else _now()) - t0
+        if p.times:
+            rec.first_byte_ns = p.times[0] - t0
+        issued_abs = t0 + (rec.issued_ns or 0)
+        for t, resp in zip(p.times, p.responses, strict=False):
+            result = InferResult(resp)
+            names = {o.name for o in resp.outputs}
+            n = parser.feed_response(lambda name, r=result, ns=names: r.as_numpy(name) if name in ns else None)
+            if n:
+                rec.chunk_offsets_us.append((t - issued_abs) // 1000)
+                rec.chunk_tokens.append(n)
+        if p.error is not None:
+            if not p.completed and rec.status != STATUS_ERROR and p.error.startswith("stream ended"):
+                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, p.error[:500]
+            else:
+                parser.error(p.error)
+        apply_totals(rec, parser.finish(p.completed), None)
