@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("loadgen.serve.cli", "start the embedded Triton server hosting the emulated SLM engine"),
     "power": ("loadgen.power.cli", "power side-car: sample GPU power/energy to a file (or --analyze a run)"),
     "traces": ("loadgen.traces.cli", "trace statistics (a file or a replay's run), the public trace catalog, fetch"),
+    "sweep": ("loadgen.sweep.cli", "a grid of load levels x server configurations; Pareto frontier, knee, advice"),
+    "compare": ("loadgen.sweep.compare", "the same workload against several backends/configurations, side by side"),
 }
 
 
