@@ -71,8 +71,9 @@ class LoadLoop:
         """Stop issuing (Ctrl-C, a fatal error); in-flight requests are cancelled and recorded."""
         self.stop_event.set()
 
-    async def _one(self, index: int, scheduled_ns: int, t0: int) -> None:
-        spec = self.source.spec(index)
+    async def _one(self, index: int, scheduled_ns: int, t0: int, spec: Any = None) -> None:
+        if spec is None:
+            spec = self.source.spec(index)
         rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
                             max_tokens=spec.max_tokens, worker=self.s.worker)
         try:
@@ -92,8 +93,8 @@ class LoadLoop:
         self.stats.on_done(rec)
         self._dropped += 1
 
-    def _launch(self, index: int, scheduled_ns: int, t0: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._one(index, scheduled_ns, t0))
+    def _launch(self, index: int, scheduled_ns: int, t0: int, spec: Any = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._one(index, scheduled_ns, t0, spec))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._issued += 1
@@ -114,7 +115,10 @@ class LoadLoop:
                 break
             off = int(offsets[i])
             deadline = t0 + off
+            spec = None
             if clock.now_ns() < deadline:
+                # Build the request while there is time to spare, not after its deadline.
+                spec = self.source.spec(int(i))
                 await clock.sleep_until(deadline)
             if sem is not None:
                 if sem.locked() and drop:
@@ -129,7 +133,7 @@ class LoadLoop:
                     self._record_dropped(int(i), off, late + off)
                     continue
                 self._late += 1
-            self._launch(int(i), off, t0)
+            self._launch(int(i), off, t0, spec)
 
     async def _closed_loop(self, t0: int) -> None:
         s = self.s
