@@ -132,10 +132,10 @@ class PointOutcome:
 def run_point(spec: SweepSpec, point: Point, running: Running, run_dir: Path, console: Any) -> PointOutcome:
     """Run one point into ``run_dir`` (created here) and write its config.json, records.jsonl, summary.json."""
     from loadgen.core.prompts import PromptBuilder
-    from loadgen.core.summary import LevelContext, load_records, summarize
+    from loadgen.core.summary import LevelContext
     from loadgen.power.monitor import power_monitor
     from loadgen.report import report_text
-    from loadgen.runner.run import build_arrival, install_uvloop, run_level_async
+    from loadgen.runner.run import build_arrival, finish_level, install_uvloop, run_level_async
 
     s = point_settings(spec, point, running.url, run_dir.parent)
     load = _workload(spec, point, s)
@@ -179,15 +179,7 @@ def run_point(spec: SweepSpec, point: Point, running: Running, run_dir: Path, co
             outcome, client, tripped = None, {"interrupted": True}, None
         finally:
             watch.stop()
-        ctx.client = client
-        ctx.run_end_ns = outcome.issue_end_ns if outcome is not None else None
-        config["level_context"] = asdict(ctx)
-        if power is not None:
-            config["power"] = power.describe()
-        write_json(run_dir / "config.json", config)
-        summary = summarize(load_records(run_dir / "records.jsonl"), ctx)
-        if power is not None:
-            summary["energy"] = power.finish(run_dir, summary)
+        summary = finish_level(run_dir, ctx, config, outcome, client, power)
         summary["extra"]["server_watch"] = watch.result()
         summary["extra"]["completion_rate_rps"] = completion_rate(run_dir)
         write_json(run_dir / "summary.json", summary)
