@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
@@ -34,7 +33,7 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import apply_totals, finish_http_stream
+from loadgen.transport.common import finish_grpc_stream, finish_http_stream, http_target
 from loadgen.transport.fasthttp import ProtocolError, ResponseFraming
 
 _now = time.perf_counter_ns
@@ -75,17 +74,10 @@ class GeventHttpTransport:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
                  request_timeout_s: float | None = None, max_connections: int = 100_000) -> None:
         self.base_url = base_url.rstrip("/")
-        u = urlsplit(self.base_url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or (443 if u.scheme == "https" else 80)
-        self.prefix = u.path.rstrip("/")
-        self.tls = u.scheme == "https"
+        self.host, self.port, self.prefix, self.tls, self._head_tail = http_target(self.base_url, headers)
         self.request_timeout_s = request_timeout_s
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self._head_tail = (f"Host: {u.netloc}\r\nContent-Type: application/json\r\n"
-                           f"Accept: text/event-stream, application/json\r\n{extra}").encode()
         opts = dict(size=max_connections, connection_timeout=10.0, network_timeout=None)
-        if u.scheme == "https":
+        if self.tls:
             self.pool: Any = _TlsPool(self.host, self.port, self.host, self.port, insecure=not verify_tls, **opts)
         else:
             self.pool = _Pool(self.host, self.port, self.host, self.port, **opts)
@@ -392,23 +384,5 @@ class GeventGrpcTransport:
         self._finish(rec, rid, p, parser, t0)
 
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int) -> None:
-        from tritonclient.grpc import InferResult
-
         self._pending.pop(rid, None)
-        rec.end_ns = (p.times[-1] if p.times else _now()) - t0
-        if p.times:
-            rec.first_byte_ns = p.times[0] - t0
-        issued_abs = t0 + (rec.issued_ns or 0)
-        for t, resp in zip(p.times, p.responses, strict=False):
-            result = InferResult(resp)
-            names = {o.name for o in resp.outputs}
-            n = parser.feed_response(lambda name, r=result, ns=names: r.as_numpy(name) if name in ns else None)
-            if n:
-                rec.chunk_offsets_us.append((t - issued_abs) // 1000)
-                rec.chunk_tokens.append(n)
-        if p.error is not None:
-            if not p.completed and rec.status != STATUS_ERROR and p.error.startswith("stream ended"):
-                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, p.error[:500]
-            else:
-                parser.error(p.error)
-        apply_totals(rec, parser.finish(p.completed), None)
+        finish_grpc_stream(rec, parser, p.times, p.responses, p.error, p.completed, t0, _now())

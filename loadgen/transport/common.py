@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from loadgen.codecs.base import StreamParser, StreamTotals
 from loadgen.core.records import (
+    ERR_CONNECTION,
     ERR_PROTOCOL,
     ERR_STREAM,
     STATUS_ERROR,
@@ -50,3 +51,43 @@ def finish_http_stream(rec: RequestRecord, parser: StreamParser, times: list[int
             counts.append(n)
     last = times[-1] - t0 if times else None
     apply_totals(rec, parser.finish(), last)
+
+
+def finish_grpc_stream(rec: RequestRecord, parser, times: list[int], responses: list, error: str | None,
+                       completed: bool, t0: int, now_ns: int) -> None:
+    """Decode a finished gRPC request's responses (stamped on arrival) into the record.
+
+    Shared by the asyncio and the gevent transports. ``error`` is the stream's error for this request, if any;
+    an error that says the stream itself ended counts as a connection error, others as errors inside the stream.
+    """
+    from tritonclient.grpc import InferResult
+
+    rec.end_ns = (times[-1] if times else now_ns) - t0
+    if times:
+        rec.first_byte_ns = times[0] - t0
+    issued_abs = t0 + (rec.issued_ns or 0)
+    for t, resp in zip(times, responses, strict=False):
+        result = InferResult(resp)
+        names = {o.name for o in resp.outputs}
+        n = parser.feed_response(lambda name, r=result, ns=names: r.as_numpy(name) if name in ns else None)
+        if n:
+            rec.chunk_offsets_us.append((t - issued_abs) // 1000)
+            rec.chunk_tokens.append(n)
+    if error is not None:
+        if not completed and rec.status != STATUS_ERROR and error.startswith("stream ended"):
+            rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, error[:500]
+        else:
+            parser.error(error)
+    apply_totals(rec, parser.finish(completed), None)
+
+
+def http_target(base_url: str, headers: dict[str, str] | None) -> tuple[str, int, str, bool, bytes]:
+    """(host, port, path prefix, tls, the request-head lines after the request line) for a base URL."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base_url.rstrip("/"))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    head_tail = (f"Host: {u.netloc}\r\nContent-Type: application/json\r\n"
+                 f"Accept: text/event-stream, application/json\r\n{extra}").encode()
+    return (u.hostname or "127.0.0.1", u.port or (443 if u.scheme == "https" else 80), u.path.rstrip("/"),
+            u.scheme == "https", head_tail)

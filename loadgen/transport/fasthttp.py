@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from urllib.parse import urlsplit
 
 from loadgen.core.records import (
     ERR_CONNECTION,
@@ -25,7 +24,7 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_http_stream
+from loadgen.transport.common import finish_http_stream, http_target
 from loadgen.transport.http import HttpTransport
 
 _now = time.perf_counter_ns
@@ -225,17 +224,9 @@ class FastHttpTransport:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
                  request_timeout_s: float | None = None, max_connections: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
-        u = urlsplit(self.base_url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or (443 if u.scheme == "https" else 80)
-        self.prefix = u.path.rstrip("/")
-        self.tls = u.scheme == "https"
+        self.host, self.port, self.prefix, self.tls, self._head_tail = http_target(self.base_url, headers)
         self.verify_tls = verify_tls
         self.request_timeout_s = request_timeout_s
-        host_header = u.netloc
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self._head_tail = (f"Host: {host_header}\r\nContent-Type: application/json\r\n"
-                           f"Accept: text/event-stream, application/json\r\n{extra}").encode()
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._ssl: ssl.SSLContext | None = None

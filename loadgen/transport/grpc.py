@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadgen.codecs.triton_grpc import GrpcStreamParser, Tensor
 from loadgen.core.records import (
@@ -25,7 +25,7 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import apply_totals
+from loadgen.transport.common import finish_grpc_stream
 
 _now = time.perf_counter_ns
 _MAX_MSG = 2**31 - 1
@@ -175,20 +175,4 @@ class GrpcStreamTransport:
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int,
                 completed: bool) -> None:
         self._pending.pop(rid, None)
-        rec.end_ns = (p.times[-1] if p.times else _now()) - t0
-        if p.times:
-            rec.first_byte_ns = p.times[0] - t0
-        issued_abs = t0 + (rec.issued_ns or 0)
-        for t, resp in zip(p.times, p.responses, strict=False):
-            result = InferResult(resp)
-            names = {o.name for o in resp.outputs}
-            n = parser.feed_response(lambda name, r=result, ns=names: r.as_numpy(name) if name in ns else None)
-            if n:
-                rec.chunk_offsets_us.append((t - issued_abs) // 1000)
-                rec.chunk_tokens.append(n)
-        if p.error is not None:
-            if not completed and rec.status != STATUS_ERROR and "stream ended" in p.error:
-                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, p.error[:500]
-            else:
-                parser.error(p.error)
-        apply_totals(rec, parser.finish(completed), None)
+        finish_grpc_stream(rec, parser, p.times, p.responses, p.error, completed, t0, _now())
