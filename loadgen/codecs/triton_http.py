@@ -67,14 +67,13 @@ class TritonGenerateCodec:
 class TritonStreamParser:
     """Parses the generate_stream body; also accepts a plain JSON body (``generate``, or an error before SSE)."""
 
-    __slots__ = ("_sse", "_totals", "_out", "_in", "_plain")
+    __slots__ = ("_sse", "_totals", "_out", "_in")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self._totals = StreamTotals()
         self._out: int | None = None
         self._in: int | None = None
-        self._plain = b""
 
     def feed(self, data: bytes) -> int:
         tokens = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from loadgen.codecs.openai import OpenAICodec
-from loadgen.codecs.triton_grpc import TritonGrpcCodec
+from loadgen.codecs.triton_grpc import TritonGrpcCodec, codec_from_model
 from loadgen.codecs.triton_http import TritonGenerateCodec
 from loadgen.core.records import RequestRecord, RequestSpec
 from loadgen.errors import TargetError, UsageError
@@ -158,17 +158,9 @@ class GeventGrpcBackend:
         except grpc.RpcError as err:
             raise TargetError(f"model {self.model!r} is not served at {self.url} ({err.details()}); "
                               "pass --model NAME") from None
-        inputs = {i.name: i.datatype for i in meta.inputs}
-        if "text_input" not in inputs:
-            raise TargetError(f"model {self.model!r} at {self.url} has no text_input input: it is not a "
-                              "TensorRT-LLM ensemble/BLS model")
-        config = cfg.config
-        if not config.model_transaction_policy.decoupled:
-            raise TargetError(f"model {self.model!r} is not decoupled, so it cannot stream over gRPC; use the "
-                              "TritonHttp* classes")
-        self.codec = TritonGrpcCodec(self.model, model_inputs=inputs, batched=config.max_batch_size > 0,
-                                     perf_metrics=self.settings.perf_metrics)
-        self.info = {"server": "triton", "model_inputs": sorted(inputs), "max_batch_size": config.max_batch_size}
+        self.codec, self.info = codec_from_model(self.model, self.url, meta, cfg.config,
+                                                 perf_metrics=self.settings.perf_metrics, extra=None,
+                                                 http_hint="use the TritonHttp* classes")
         return self.info
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from loadgen.codecs.openai import OpenAICodec
-from loadgen.codecs.triton_grpc import TritonGrpcCodec
+from loadgen.codecs.triton_grpc import TritonGrpcCodec, codec_from_model
 from loadgen.codecs.triton_http import TritonGenerateCodec
 from loadgen.core.records import RequestRecord, RequestSpec
 from loadgen.errors import TargetError, UsageError
@@ -178,17 +178,9 @@ class TritonGrpcBackend:
                 pass
             raise TargetError(f"model {self.model!r} is not served at {self.url} ({err.details()}); {names}; "
                               "pass --model NAME") from err
-        inputs = {i.name: i.datatype for i in meta.inputs}
-        if "text_input" not in inputs:
-            raise TargetError(f"model {self.model!r} at {self.url} has no text_input input: it is not a "
-                              "TensorRT-LLM ensemble/BLS model; pass --model ensemble or tensorrt_llm_bls")
-        config = cfg.config
-        if not config.model_transaction_policy.decoupled:
-            raise TargetError(f"model {self.model!r} is not decoupled, so it cannot stream over gRPC; use "
-                              "--backend triton-http or serve the model with decoupled: true")
-        self.codec = TritonGrpcCodec(self.model, model_inputs=inputs, batched=config.max_batch_size > 0,
-                                     perf_metrics=self.perf_metrics, extra=self.extra)
-        self.info = {"server": "triton", "model_inputs": sorted(inputs), "max_batch_size": config.max_batch_size}
+        self.codec, self.info = codec_from_model(self.model, self.url, meta, cfg.config,
+                                                 perf_metrics=self.perf_metrics, extra=self.extra,
+                                                 http_hint="use --backend triton-http")
         return self.info
 
     async def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
