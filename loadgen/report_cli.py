@@ -15,7 +15,7 @@ import orjson
 from rich.console import Console
 
 from loadgen.core.metrics import metrics_help
-from loadgen.core.summary import LevelContext, load_records, summarize
+from loadgen.core.summary import LevelContext, level_records_files, load_level_records, summarize
 from loadgen.errors import UsageError
 from loadgen.report import render_report
 
@@ -44,29 +44,9 @@ def _recompute(run_dir: Path) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("level_context"), dict):
         raise UsageError(f"{config_path}: no 'level_context' object; cannot recompute the summary")
     ctx = LevelContext.from_dict(config["level_context"], source=str(config_path))
-    summary = summarize(_AllRecords(_records_files(run_dir)), ctx)
+    summary = summarize(load_level_records(run_dir), ctx)
     summary["recomputed"] = True
     return summary
-
-
-def _records_files(run_dir: Path) -> list[Path]:
-    """``records.jsonl``, or the stripes of a distributed (Locust) level: ``records.w<K>.jsonl`` of each worker."""
-    return sorted(run_dir.glob("records*.jsonl"))
-
-
-class _AllRecords:
-    """The records of every file of one level, read as one stream (``skipped_lines`` summed over the files)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.files = [load_records(p) for p in paths]
-
-    def __iter__(self):
-        for f in self.files:
-            yield from f
-
-    @property
-    def skipped_lines(self) -> int:
-        return sum(f.skipped_lines for f in self.files)
 
 
 def load_run_dir(run_dir: str | Path) -> tuple[list[dict], str | None]:
@@ -76,7 +56,7 @@ def load_run_dir(run_dir: str | Path) -> tuple[list[dict], str | None]:
     if not path.is_dir():
         raise UsageError(f"{run_dir}: not a run directory (it does not exist or is not a directory)")
     summary_path = path / "summary.json"
-    has_records = bool(_records_files(path))
+    has_records = bool(level_records_files(path))
     if summary_path.is_file():
         data = _read_json(summary_path)
         items = data if isinstance(data, list) else [data]
@@ -88,7 +68,7 @@ def load_run_dir(run_dir: str | Path) -> tuple[list[dict], str | None]:
             return list(items), None
     if has_records:
         summary = _recompute(path)
-        files = ", ".join(p.name for p in _records_files(path))
+        files = ", ".join(p.name for p in level_records_files(path))
         why = "summary.json came from merged histograms" if summary_path.is_file() else "no summary.json"
         note = f"{run_dir}: {why}; recomputed from {files}"
         skipped = summary.get("records_skipped") or 0

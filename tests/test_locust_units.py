@@ -27,7 +27,7 @@ from loadgen.core.records import (
     RequestRecord,
 )
 from loadgen.core.sizes import parse_size
-from loadgen.core.summary import LevelContext
+from loadgen.core.summary import LevelContext, level_records_files
 from loadgen.errors import UsageError
 from loadgen.locust import report as lreport
 from loadgen.locust.args import scenario_from_options
@@ -311,7 +311,7 @@ def test_loadgen_report_merges_the_workers_records(tmp_path: Path) -> None:
     summaries, note = load_run_dir(tmp_path)
     assert note is not None and "records.w0.jsonl, records.w1.jsonl" in note and "histograms" in note
     assert summaries[0]["records_total"] == 200 and summaries[0]["recomputed"]
-    exact_all = lreport.exact_summary(lreport.records_files(tmp_path), ctx)
+    exact_all = lreport.exact_summary(level_records_files(tmp_path), ctx)
     assert summaries[0]["ttft_ms"] == exact_all["ttft_ms"]
 
 

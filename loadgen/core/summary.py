@@ -435,3 +435,36 @@ class RecordFile(Iterator[RequestRecord]):
 def load_records(path: str | Path) -> RecordFile:
     """Records of ``path`` (records.jsonl); ``.skipped_lines`` tells after iteration whether a last line was cut."""
     return RecordFile(path)
+
+
+RECORDS_GLOB = "records*.jsonl"
+
+
+def level_records_files(run_dir: str | Path) -> list[Path]:
+    """Every records file of one level: ``records.jsonl`` of a one-process run, or ``records.w<K>.jsonl`` of each
+    worker process K (``loadgen run --workers N``, a distributed Locust level)."""
+    return sorted(Path(run_dir).glob(RECORDS_GLOB))
+
+
+class MultiRecords:
+    """Several records files read as one stream (the workers' stripes of one level); ``skipped_lines`` is summed
+    over the files once iterated."""
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.files: list[RecordFile] = []
+
+    def __iter__(self) -> Iterator[RequestRecord]:
+        for path in self.paths:
+            f = RecordFile(path)
+            self.files.append(f)
+            yield from f
+
+    @property
+    def skipped_lines(self) -> int:
+        return sum(f.skipped_lines for f in self.files)
+
+
+def load_level_records(run_dir: str | Path) -> MultiRecords:
+    """The records of every file of the level in ``run_dir``."""
+    return MultiRecords(level_records_files(run_dir))

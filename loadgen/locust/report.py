@@ -17,7 +17,6 @@ import csv
 import html
 import io
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +24,8 @@ import numpy as np
 import orjson
 
 from loadgen.core.metrics import NS_PER_MS, histogram_stats
-from loadgen.core.records import RequestRecord
-from loadgen.core.summary import LevelContext, RecordFile, summarize, validity_warnings
+from loadgen.core.summary import LevelContext, MultiRecords, summarize, validity_warnings
 from loadgen.locust.stats import LLMStats
-
-RECORDS_GLOB = "records*.jsonl"
-
-
-def records_files(run_dir: Path) -> list[Path]:
-    """Every records file of a level: ``records.jsonl`` and the workers' ``records.w<K>.jsonl``."""
-    return sorted(Path(run_dir).glob(RECORDS_GLOB))
-
-
-class MultiRecords:
-    """Iterates several records files as one (the workers' stripes of one level); sums their skipped lines."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = list(paths)
-        self.files: list[RecordFile] = []
-
-    def __iter__(self) -> Iterator[RequestRecord]:
-        for path in self.paths:
-            f = RecordFile(path)
-            self.files.append(f)
-            yield from f
-
-    @property
-    def skipped_lines(self) -> int:
-        return sum(f.skipped_lines for f in self.files)
 
 
 def count_lines(path: Path) -> int:

@@ -63,6 +63,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--cooldown", default="0s", help="exclude requests scheduled in the last S seconds")
     lo.add_argument("--request-timeout", default="300s", help="give up on one request after this long")
     lo.add_argument("--drain-timeout", default="60s", help="after issuing stops, wait this long for in-flight")
+    lo.add_argument("--workers", type=int, default=1,
+                    help="worker processes sharing the one schedule (each sends every Nth request), for rates "
+                         "past one core (~1,000 req/s); default 1")
     lo.add_argument("--max-connection-errors", type=int, default=50,
                     help="stop the run after this many connection errors in a row (server gone)")
     add_trace_arguments(p)
@@ -112,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         raise UsageError("give --duration (e.g. 60s) or --requests N so the run stops by itself")
     if args.requests is not None and args.requests < 1:
         raise UsageError(f"--requests {args.requests}: must be at least 1")
+    _check_workers(args)
     headers = {}
     for h in args.header:
         name, sep, value = h.partition(":")
@@ -151,8 +155,20 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         name=args.name, out_dir=args.out_dir, slo_text=args.slo, fail_on_text=args.fail_on, live=not args.no_live,
         power=args.power, power_interval_s=parse_seconds(args.power_interval, "--power-interval"),
         power_gpus=args.power_gpu, idle_s=parse_seconds(args.idle_seconds, "--idle-seconds"),
-        trace=trace,
+        trace=trace, workers=getattr(args, "workers", 1),
     )
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    from loadgen.runner.workers import MAX_WORKERS
+
+    n = getattr(args, "workers", 1)  # Locust builds these settings without it
+    if n < 1 or n > MAX_WORKERS:
+        raise UsageError(f"--workers {n}: must be between 1 and {MAX_WORKERS} (about one per spare core)")
+    if n > 1 and args.concurrency is not None and args.concurrency < n:
+        what = "closed-loop users" if args.rate is None else "in-flight cap"
+        raise UsageError(f"--workers {n} with --concurrency {args.concurrency}: the {what} are split over the "
+                         f"workers, so give --concurrency >= --workers")
 
 
 def execute(args: argparse.Namespace) -> int:

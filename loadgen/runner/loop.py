@@ -38,6 +38,8 @@ class LoopSettings:
     start_lead_ns: int = 50_000_000  # t0 is this far after the loop starts, so the first deadlines are not late
     worker: int = 0
     stripe: np.ndarray | None = None  # open loop: the schedule indices this worker owns (None = all)
+    n_workers: int = 1  # closed loop: this worker numbers its requests worker, worker + n_workers, ...
+    t0_ns: int | None = None  # a t0 shared by several worker processes (monotonic ns); None: start_lead_ns from now
 
 
 @dataclass
@@ -139,7 +141,8 @@ class LoadLoop:
         s = self.s
         n = s.concurrency or 1
         end = t0 + int(s.duration_s * 1e9) if s.duration_s else None
-        counter = iter(range(s.max_requests if s.max_requests is not None else 2**62))
+        # Several worker processes share the request count: worker k numbers its requests k, k + n, k + 2n, ...
+        counter = iter(range(s.worker, s.max_requests if s.max_requests is not None else 2**62, s.n_workers))
 
         async def worker() -> None:
             clock = self.clock
@@ -166,7 +169,7 @@ class LoadLoop:
         s = self.s
         if s.concurrency and s.offsets_ns is not None:
             self._sem = asyncio.Semaphore(s.concurrency)
-        t0 = self.clock.now_ns() + s.start_lead_ns
+        t0 = s.t0_ns if s.t0_ns is not None else self.clock.now_ns() + s.start_lead_ns
         if s.offsets_ns is not None:
             await self._open_loop(t0)
         else:

@@ -73,9 +73,32 @@ def build_source(s: RunSettings) -> Any:
                          builder, seed=s.seed, params={}, min_tokens_equal_max=s.min_tokens)
 
 
-async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: Any, workload: Any = None
-                          ) -> tuple[LoopOutcome, dict, str | None]:
-    """Probe the target, then (only then) create the run directory through ``prepare_dir(info)`` and run."""
+def backend_for(s: RunSettings, url: str) -> Any:
+    return make_backend(s.backend, url, s.model, headers=s.headers, verify_tls=s.verify_tls,
+                        request_timeout_s=s.request_timeout_s, perf_metrics=s.perf_metrics,
+                        extra=parse_extra(s.extra_items, "--extra"),
+                        parameters=parse_extra(s.parameter_items, "--parameter"), ignore_eos=s.ignore_eos,
+                        min_tokens=s.min_tokens, continuous_usage=s.continuous_usage, http_client=s.http_client)
+
+
+async def probe_target(s: RunSettings, url: str) -> dict:
+    """Check the target once (reachable, right backend, model served) and return what the server said."""
+    backend = backend_for(s, url)
+    await backend.start()
+    try:
+        return await backend.probe()
+    finally:
+        await backend.close()
+
+
+async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: Any, workload: Any = None,
+                          part: Any = None) -> tuple[LoopOutcome, dict, str | None]:
+    """Probe the target, then (only then) create the run directory through ``prepare_dir(info)`` and run.
+
+    ``part`` (a ``loadgen.runner.workers.WorkerLink``) makes this process one of several worker processes of the
+    level: it runs its stripe of the schedule from the t0 the parent hands out, writes ``records.w<K>.jsonl``
+    and reports live figures to the parent instead of drawing them.
+    """
     if workload is not None:  # trace replay or a synthetic arrival model (loadgen.traces.replay)
         source, offsets = workload.source, workload.offsets
     else:
@@ -86,21 +109,19 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
         from loadgen.errors import UsageError
 
         raise UsageError("the schedule is empty: --duration is too short for --rate (no arrival fell inside it)")
-    extra = parse_extra(s.extra_items, "--extra")
-    backend = make_backend(s.backend, url, s.model, headers=s.headers, verify_tls=s.verify_tls,
-                           request_timeout_s=s.request_timeout_s, perf_metrics=s.perf_metrics, extra=extra,
-                           parameters=parse_extra(s.parameter_items, "--parameter"), ignore_eos=s.ignore_eos,
-                           min_tokens=s.min_tokens, continuous_usage=s.continuous_usage,
-                           http_client=s.http_client)
+    backend = backend_for(s, url)
     await backend.start()
     try:
         info = await backend.probe()
         run_dir = prepare_dir(info)
-        recorder = Recorder(run_dir / "records.jsonl")
+        recorder = Recorder(run_dir / ("records.jsonl" if part is None else f"records.w{part.worker}.jsonl"))
         stats = LiveStats()
         loop_settings = LoopSettings(
             offsets_ns=offsets, concurrency=s.concurrency, duration_s=s.duration_s, max_requests=s.max_requests,
             on_late=s.on_late, late_tolerance_ns=int(s.late_tolerance_s * 1e9), drain_timeout_s=s.drain_timeout_s)
+        if part is not None:
+            part.share(loop_settings)
+            loop_settings.t0_ns = await part.ready(loop_settings)
         loop = LoadLoop(backend, source, recorder, MonotonicClock(), loop_settings, stats)
         watch = ConnectionWatch(loop, s.max_connection_errors)
         on_done = stats.on_done
@@ -119,19 +140,21 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
             if interrupted["n"] > 1:
                 raise KeyboardInterrupt
 
+        # A worker process leaves Ctrl-C to its parent, which stops the workers with one SIGTERM each.
+        handled = (signal.SIGINT, signal.SIGTERM) if part is None else (signal.SIGTERM,)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            aloop.add_signal_handler(signal.SIGINT, on_signal)
-            aloop.add_signal_handler(signal.SIGTERM, on_signal)
+            for sig in handled:
+                aloop.add_signal_handler(sig, on_signal)
         anchor = wall_anchor()
         recorder.start()
         lag_task = aloop.create_task(monitor_loop_lag(stats))
         total = len(offsets) if offsets is not None else s.max_requests
         display = LiveDisplay(stats, total=total, duration_s=s.duration_s if offsets is None else None,
                               target_rate=s.rate if workload is None else workload.target_rate, console=console,
-                              enabled=s.live)
+                              enabled=s.live and part is None)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with display:
-            disp_task = aloop.create_task(display.run())
+            disp_task = aloop.create_task(display.run() if part is None else part.report(stats))
             # Collect once and freeze what exists now, so that no full garbage collection (13-15 ms measured)
             # stalls the loop in the middle of the run.
             gc.collect()
@@ -144,8 +167,8 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
                 lag_task.cancel()
                 await recorder.stop()
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    aloop.remove_signal_handler(signal.SIGINT)
-                    aloop.remove_signal_handler(signal.SIGTERM)
+                    for sig in handled:
+                        aloop.remove_signal_handler(sig)
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
         lag_p99_ms = stats.loop_lag.percentile(99) / 1e6 if stats.loop_lag.count else 0.0
         client = {
@@ -173,7 +196,7 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
 def finish_level(run_dir: Path, ctx: Any, config: dict, outcome: LoopOutcome | None, client: dict,
                  power: Any) -> dict:
     """After the load: settle config.json with what the run learnt, then summarise the records (and energy)."""
-    from loadgen.core.summary import load_records, summarize
+    from loadgen.core.summary import load_level_records, summarize
 
     ctx.client = client
     ctx.run_end_ns = outcome.issue_end_ns if outcome is not None else None
@@ -181,7 +204,7 @@ def finish_level(run_dir: Path, ctx: Any, config: dict, outcome: LoopOutcome | N
     if power is not None:
         config["power"] = power.describe()
     write_json(run_dir / "config.json", config)
-    summary = summarize(load_records(run_dir / "records.jsonl"), ctx)
+    summary = summarize(load_level_records(run_dir), ctx)  # records.jsonl, or records.w<K>.jsonl of each worker
     if power is not None:
         summary["energy"] = power.finish(run_dir, summary)
     return summary
@@ -239,9 +262,16 @@ def run_from_settings(s: RunSettings) -> int:
             power.start(run_dir, getattr(server, "metrics_url", None), url)
         return run_dir
 
+    failure = None
     try:
         try:
-            outcome, client, tripped = asyncio.run(run_level_async(s, url, prepare_dir, console, workload))
+            if s.workers > 1:
+                from loadgen.runner.workers import run_workers_async
+
+                outcome, client, tripped, failure = asyncio.run(run_workers_async(
+                    s, url, prepare_dir, console, workload, lambda: probe_target(s, url)))
+            else:
+                outcome, client, tripped = asyncio.run(run_level_async(s, url, prepare_dir, console, workload))
         except KeyboardInterrupt:
             outcome, client, tripped = None, {"interrupted": True}, None
             if "dir" not in holder:
@@ -253,11 +283,14 @@ def run_from_settings(s: RunSettings) -> int:
         (run_dir / "report.txt").write_text(report_text([summary]) + replay_text)
         # The legend is long: the console gets the tables, report.txt (and loadgen run --help) the definitions.
         render_report([summary], console, show_legend=False)
-        console.print(f"records: {run_dir / 'records.jsonl'}   summary: {run_dir / 'summary.json'}   "
+        records = "records.jsonl" if s.workers == 1 else f"records.w{{0..{s.workers - 1}}}.jsonl"
+        console.print(f"records: {run_dir / records}   summary: {run_dir / 'summary.json'}   "
                       f"definitions: {run_dir / 'report.txt'}")
         if tripped:
             raise TargetError(f"the server stopped answering mid-run ({s.max_connection_errors} connection errors "
                               f"in a row, last: {tripped}); the run directory {run_dir} keeps every record received")
+        if failure is not None:
+            raise failure
         if outcome is None or outcome.interrupted:
             console.print("[yellow]interrupted: the records received so far are saved[/]")
             return 130

@@ -67,6 +67,7 @@ class RunSettings:
     power_interval_s: float = 0.1
     power_gpus: str | None = None
     idle_s: float = 5.0
+    workers: int = 1  # worker processes sharing the schedule (loadgen.runner.workers)
     trace: dict[str, Any] | None = None  # --trace replay options (loadgen.traces.runargs.trace_options)
 
     @property
