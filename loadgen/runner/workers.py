@@ -33,6 +33,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -156,6 +157,7 @@ class _Worker:
         self.done: tuple | None = None  # (outcome dict, client dict, tripped)
         self.error: tuple[int, str] | None = None
         self.gone = False  # its pipe closed
+        self.pump: threading.Thread | None = None
 
     @property
     def finished(self) -> bool:
@@ -186,14 +188,24 @@ class WorkerPool:
             child_end.close()
             w = _Worker(k, proc, parent_end)
             self.workers.append(w)
-            loop.add_reader(parent_end.fileno(), self._on_readable, w)
+            # One reader thread per pipe, handing each message to the event loop. (Polling the pipe from the
+            # loop would not do: uvloop makes a polled descriptor non-blocking, and a message that has only
+            # partly arrived then reads as an error.)
+            w.pump = threading.Thread(target=self._pump, args=(w, loop), name=f"loadgen-pipe-{k}", daemon=True)
+            w.pump.start()
 
-    def _on_readable(self, w: _Worker) -> None:
-        try:
-            msg = w.conn.recv()
-        except (EOFError, OSError):
-            self._closed(w)
-            return
+    def _pump(self, w: _Worker, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                break
+            loop.call_soon_threadsafe(self._on_message, w, msg)
+        w.conn.close()
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody waits any more
+            loop.call_soon_threadsafe(self._closed, w)
+
+    def _on_message(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]
         if kind == "tick":
             self.stats.update(w.k, msg[1])
@@ -207,10 +219,6 @@ class WorkerPool:
         self.changed.set()
 
     def _closed(self, w: _Worker) -> None:
-        if not w.conn.closed:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(w.conn.fileno())
-            w.conn.close()
         w.gone = True
         self.changed.set()
 
@@ -276,7 +284,8 @@ class WorkerPool:
             if w.proc.is_alive():  # it ignored SIGTERM for 30 s after its pipe closed: it is stuck
                 w.proc.kill()
                 w.proc.join(5)
-            self._closed(w)
+            if w.pump is not None:  # the process is gone, so its pipe is at EOF
+                await asyncio.get_running_loop().run_in_executor(None, w.pump.join, 5)
 
     def _failure_error(self, w: _Worker, before_start: bool) -> LoadgenError:
         if w.error is not None:
@@ -294,7 +303,8 @@ class WorkerPool:
                 w.proc.kill()
         for w in self.workers:
             w.proc.join(5)
-            self._closed(w)
+            if w.pump is not None:
+                w.pump.join(5)
 
 
 def merge_outcomes(outcomes: list[dict[str, Any]], t0: int) -> LoopOutcome:
@@ -314,7 +324,8 @@ def merge_clients(clients: list[dict[str, Any]], outcome: LoopOutcome, info: dic
                                                "cpu_seconds_per_1000_requests", "loop_lag_p99_ms", "issued",
                                                "dropped", "late", "saturated")} for c in clients]
     return {
-        "event_loop": clients[0].get("event_loop"), "processes": len(clients),
+        "event_loop": clients[0].get("event_loop"), "wake_method": clients[0].get("wake_method"),
+        "processes": len(clients),
         "cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
         "cpu_utilisation": round(max(c["cpu_utilisation"] or 0.0 for c in clients), 3),
         "cpu_seconds_per_1000_requests": round(1000 * cpu / outcome.issued, 3) if outcome.issued else None,
