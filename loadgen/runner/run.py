@@ -122,7 +122,8 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
         if part is not None:
             part.share(loop_settings)
             loop_settings.t0_ns = await part.ready(loop_settings)
-        loop = LoadLoop(backend, source, recorder, MonotonicClock(), loop_settings, stats)
+        clock = MonotonicClock()
+        loop = LoadLoop(backend, source, recorder, clock, loop_settings, stats)
         watch = ConnectionWatch(loop, s.max_connection_errors)
         on_done = stats.on_done
 
@@ -163,6 +164,7 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
                 outcome = await loop.run()
             finally:
                 gc.unfreeze()  # a sweep runs many levels in one process: let the next collection see it all
+                clock.close()
                 disp_task.cancel()
                 lag_task.cancel()
                 await recorder.stop()
@@ -173,6 +175,7 @@ async def run_level_async(s: RunSettings, url: str, prepare_dir: Any, console: A
         lag_p99_ms = stats.loop_lag.percentile(99) / 1e6 if stats.loop_lag.count else 0.0
         client = {
             "event_loop": asyncio.get_event_loop_policy().__class__.__module__.split(".")[0],
+            "wake_method": clock.wake_method,
             "cpu_seconds": round(cpu_s, 3), "wall_seconds": round(wall_s, 3),
             "cpu_utilisation": round(cpu_s / wall_s, 3) if wall_s else None,
             "cpu_seconds_per_1000_requests": round(1000 * cpu_s / outcome.issued, 3) if outcome.issued else None,
