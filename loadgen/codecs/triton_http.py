@@ -14,13 +14,16 @@ from typing import Any
 import orjson
 
 from loadgen.codecs.base import StreamTotals, drain_body, scalar
-from loadgen.codecs.sse import SSEDecoder
+from loadgen.codecs.sse import SSEStreamParser
 from loadgen.core.records import RequestSpec
 
 # Optional inputs of the TensorRT-LLM ensemble/BLS interface that the codec sets when the model declares them.
 OPTIONAL_FLAGS = ("return_num_input_tokens", "return_num_output_tokens")
 PERF_FIELDS = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
                "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks")
+_PERF_SET = frozenset(PERF_FIELDS)
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
 
 
 class TritonGenerateCodec:
@@ -64,39 +67,58 @@ class TritonGenerateCodec:
         return TritonStreamParser()
 
 
-class TritonStreamParser:
-    """Parses the generate_stream body; also accepts a plain JSON body (``generate``, or an error before SSE)."""
+class TritonStreamParser(SSEStreamParser):
+    """Parses the generate_stream body; also accepts a plain JSON body (``generate``, or an error before SSE).
 
-    __slots__ = ("_sse", "_totals", "_out", "_in")
+    Runs once per event after the response ended, on the event loop (RESULTS.md, "Where the CPU goes"), so the
+    common event (text, maybe a count, as a plain value or a one-element tensor) is read with a few dict look-ups;
+    the perf fields are only looked for when one set test says the event has any. Results, and the order in
+    which state changes (so a bad value raises at the same point), are those of the plain reading of the spec.
+    """
+
+    __slots__ = ("_totals", "_out", "_in")
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._totals = StreamTotals()
         self._out: int | None = None
         self._in: int | None = None
 
-    def feed(self, data: bytes) -> int:
-        tokens = 0
-        for payload in self._sse.feed(data):
-            tokens += self._event(payload)
-        return tokens
-
     def _event(self, payload: bytes) -> int:
-        t = self._totals
         try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            t.protocol_error = f"malformed JSON in stream: {payload[:80]!r}"
+            obj = _loads(payload)
+        except _JSONDecodeError:
+            self._totals.protocol_error = f"malformed JSON in stream: {payload[:80]!r}"
             return 0
-        if not isinstance(obj, dict):
-            t.protocol_error = f"unexpected stream event: {payload[:80]!r}"
+        if type(obj) is not dict:  # orjson builds plain dicts only
+            self._totals.protocol_error = f"unexpected stream event: {payload[:80]!r}"
             return 0
         if "error" in obj:
-            t.error = str(obj["error"])
+            self._totals.error = str(obj["error"])
             return 0
-        n_in = scalar(obj.get("num_input_tokens"))
+        n_in = obj.get("num_input_tokens")
         if n_in is not None:
-            self._in = int(n_in)
+            if type(n_in) is list:
+                n_in = n_in[0] if n_in and type(n_in[0]) is not list else scalar(n_in)
+            if n_in is not None:
+                self._in = int(n_in)
+        if not _PERF_SET.isdisjoint(obj):
+            self._perf(obj)
+        n_out = obj.get("num_output_tokens")
+        if n_out is not None:
+            if type(n_out) is list:
+                n_out = n_out[0] if n_out and type(n_out[0]) is not list else scalar(n_out)
+            if n_out is not None:
+                n = n_out if type(n_out) is int else int(n_out)
+                self._out = (self._out or 0) + n
+                return n
+        text = obj.get("text_output")
+        if type(text) is list:
+            text = text[0] if text and type(text[0]) is not list else scalar(text)
+        return 1 if text else 0
+
+    def _perf(self, obj: dict[str, Any]) -> None:
+        t = self._totals
         for key in PERF_FIELDS:
             if key in obj:
                 if t.perf is None:
@@ -104,13 +126,6 @@ class TritonStreamParser:
                 v = scalar(obj[key])
                 if v is not None:
                     t.perf[key] = int(v)
-        n_out = scalar(obj.get("num_output_tokens"))
-        if n_out is not None:
-            n = int(n_out)
-            self._out = (self._out or 0) + n
-            return n
-        text = scalar(obj.get("text_output"))
-        return 1 if text else 0
 
     def finish(self) -> StreamTotals:
         t = self._totals
