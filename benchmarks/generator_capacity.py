@@ -45,7 +45,7 @@ LOADGEN = [sys.executable, "-m", "loadgen"]
 TARGETS = {"min_achieved_ratio": 0.95, "cv_low": 0.95, "cv_high": 1.05, "max_ttft_error_p99_ms": 2.0}
 LEVELS = ((10, 30.0), (50, 20.0), (200, 20.0), (800, 20.0), (2000, 10.0))  # (req/s, seconds)
 COMPARE_RATES = (200, 800)  # --http-client aiohttp against the default fast client
-MULTI_RATES = (800, 2000)  # several processes at rate/N each
+MULTI_RATES = (800, 1500, 2000, 2500)  # loadgen run --workers N (one schedule), and the same rates with one worker
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
@@ -190,15 +190,15 @@ class ClientRun:
 
 def run_client(url: str, rate: float, duration_s: float, out_dir: Path, *, seed: int = 0, cpu: str | None = None,
                http_client: str = "fast", sample_rss_s: float | None = None, src: Path = ROOT,
-               nice: int | None = None) -> subprocess.Popen[bytes]:
+               nice: int | None = None, workers: int = 1, output_tokens: int = 64) -> subprocess.Popen[bytes]:
     """Start one ``loadgen run`` (pinned with taskset when ``cpu`` is given); ``finish_client`` collects it.
 
     ``src`` is the directory holding the ``loadgen`` package to run (the repository; or a patched copy, to measure
     a change before making it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [*LOADGEN, "run", "--url", url, "--model", "m", "--rate", f"{rate:g}", "--duration", f"{duration_s:g}",
-           "--output-tokens", "64", "--seed", str(seed), "--http-client", http_client, "--no-live",
-           "--out-dir", str(out_dir)]
+           "--output-tokens", str(output_tokens), "--seed", str(seed), "--http-client", http_client, "--no-live",
+           "--out-dir", str(out_dir), "--workers", str(workers)]
     cmd = pin(cpu, nice) + cmd
     log = open(out_dir / "client.log", "wb")  # noqa: SIM115 (closed by finish_client)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
@@ -221,7 +221,9 @@ def finish_client(proc: subprocess.Popen[bytes]) -> ClientRun:
     """Wait for a client (sampling its RSS when asked), then read its run directory."""
     samples: list[tuple[int, int]] = []
     every = proc.sample_rss_s  # type: ignore[attr-defined]
-    while True:  # os.wait4 (not Popen.wait) so that the child's CPU time comes back with it
+    # os.wait4 (not Popen.wait) so that the child's CPU time comes back with it; Linux adds the CPU time of the
+    # children it reaped, i.e. of the --workers processes.
+    while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG if every else 0)
         if pid:
             break
@@ -239,10 +241,10 @@ def finish_client(proc: subprocess.Popen[bytes]) -> ClientRun:
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     client = summary["client"]
     t0 = int(client["anchor"]["monotonic_ns"]) + int(client["t0_offset_ns"])
-    from loadgen.core.summary import load_records
+    from loadgen.core.summary import load_level_records
 
     idx, sched, issue, ttft = [], [], [], []
-    for r in load_records(run_dir / "records.jsonl"):
+    for r in load_level_records(run_dir):  # records.jsonl, or records.w<K>.jsonl of each --workers process
         idx.append(r.index)
         sched.append(t0 + r.scheduled_ns)
         issue.append(-1 if r.issued_ns is None else t0 + r.issued_ns)
@@ -368,28 +370,40 @@ class Bench:
     gap_us: int = 1000
     loadgen_src: Path = ROOT
     nice: int | None = None  # for the client and server processes (-10: busy neighbours disturb them less)
+    server_nice: int | None = None  # the server's own nice value, when it must win a core it shares with the client
+    output_tokens: int = 64
 
     def level(self, rate: float, duration_s: float, *, procs: int = 1, http_client: str = "fast",
-              seed: int = 0, sample_rss_s: float | None = None, label: str | None = None) -> dict[str, Any]:
-        label = label or f"{http_client}-{rate:g}rps-{procs}p"
+              seed: int = 0, sample_rss_s: float | None = None, label: str | None = None,
+              workers: int = 1) -> dict[str, Any]:
+        """One level: ``procs`` independent clients at rate/procs each (own schedules), or one client whose
+        ``workers`` processes share one schedule (``loadgen run --workers``). A client with workers is pinned to
+        all of ``client_cpus`` (the workers inherit the affinity)."""
+        label = label or f"{http_client}-{rate:g}rps-{procs}p" + (f"-w{workers}" if workers > 1 else "")
         d = self.work / f"{time.strftime('%H%M%S')}-{label}"
         d.mkdir(parents=True)
         load_before = os.getloadavg()[0]
         with StreamServer(self.binary, d / "server_timing.txt", self.ttft_us, self.gap_us, self.server_cpu,
-                          self.nice) as srv:
-            clients = [run_client(srv.url, rate / procs, duration_s, d / f"client{k}", seed=seed + k,
-                                  cpu=self.client_cpus[k % len(self.client_cpus)] if self.client_cpus else None,
+                          self.nice if self.server_nice is None else self.server_nice) as srv:
+            def cpus(k: int) -> str | None:
+                if not self.client_cpus:
+                    return None
+                return ",".join(self.client_cpus) if workers > 1 else self.client_cpus[k % len(self.client_cpus)]
+
+            clients = [run_client(srv.url, rate / procs, duration_s, d / f"client{k}", seed=seed + k, cpu=cpus(k),
                                   http_client=http_client, sample_rss_s=sample_rss_s, src=self.loadgen_src,
-                                  nice=self.nice)
+                                  nice=self.nice, workers=workers, output_tokens=self.output_tokens)
                        for k in range(procs)]
             runs = [finish_client(p) for p in clients]
             timing = srv.stop()
         fig = level_figures(runs, timing, duration_s)
         fig.update({"label": label, "target_rate_rps": rate, "duration_s": duration_s, "processes": procs,
-                    "nice": self.nice,
+                    "workers": workers,
+                    "nice": self.nice, "server_nice": self.server_nice, "output_tokens": self.output_tokens,
                     "http_client": http_client, "loadavg_1m_before": round(load_before, 2),
                     "loadavg_1m_after": round(os.getloadavg()[0], 2),
-                    "client_cpus": list(self.client_cpus[:procs]), "dir": str(d)})
+                    "client_cpus": list(self.client_cpus if workers > 1 else self.client_cpus[:procs]),
+                    "dir": str(d)})
         fig["meets"] = judge(fig)
         if sample_rss_s:
             fig["memory"] = memory_figures(runs[0], duration_s)
@@ -512,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="run the levels part this many times (spread)")
     p.add_argument("--memory-rate", type=float, default=200.0)
     p.add_argument("--memory-seconds", type=float, default=300.0)
-    p.add_argument("--procs", type=int, default=2, help="processes for the multi part (default 2)")
+    p.add_argument("--procs", type=int, default=2, help="--workers for the multi part (default 2)")
     p.add_argument("--client-cpus", default="0", help="CPU list for client processes (taskset), '' for none")
-    p.add_argument("--multi-cpus", default="0,1", help="CPUs the multi part's processes are pinned to, in turn")
+    p.add_argument("--multi-cpus", default="0,1", help="CPUs the multi part's client (all its workers) may use")
     p.add_argument("--server-cpu", default="1", help="CPU for the server (taskset), '' for none")
     p.add_argument("--ttft-us", type=int, default=5000)
     p.add_argument("--gap-us", type=int, default=1000)
@@ -522,6 +536,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(HERE / ".build" / "generator_capacity.json"), help="results JSON path")
     p.add_argument("--nice", type=int, default=None,
                    help="nice value for client and server (e.g. -10, as root) when neighbours are busy")
+    p.add_argument("--server-nice", type=int, default=None,
+                   help="the multi part's server nice value (e.g. -15, as root): on a machine without a core to "
+                   "spare, the server then preempts the client's workers on the core they share")
+    p.add_argument("--multi-rates", default=None, help="the multi part's rates, e.g. 3000,4000 (default "
+                   "800,1500,2000,2500; each runs for its --rates duration, else 10 s)")
+    p.add_argument("--multi-output-tokens", type=int, default=64,
+                   help="the multi part's stream length (shorter streams: less server CPU on a shared core)")
     p.add_argument("--loadgen-src", default=str(ROOT), help="directory holding the loadgen package to measure")
     p.add_argument("--max-load", type=float, default=None, help="first wait until the 1-minute load is below this")
     p.add_argument("--patience", type=float, default=2400.0, help="how long --max-load may wait (seconds)")
@@ -552,17 +573,25 @@ def main(argv: list[str] | None = None) -> int:
             results["levels"].append(bench.level(r, durations.get(r, 20.0), http_client="aiohttp"))
     if "multi" in parts:
         multi = Bench(bench.binary, bench.work, bench.server_cpu, tuple(a.multi_cpus.split(",")), a.ttft_us,
-                      a.gap_us, bench.loadgen_src, a.nice)
-        for r in MULTI_RATES:
-            results["levels"].append(multi.level(r, durations.get(r, 10.0), procs=a.procs, seed=100))
+                      a.gap_us, bench.loadgen_src, a.nice, a.server_nice, a.multi_output_tokens)
+        for r in ([float(x) for x in a.multi_rates.split(",")] if a.multi_rates else MULTI_RATES):
+            # the same rates with one worker and with --workers N, on the same CPUs
+            for w in (1, a.procs):
+                results["levels"].append(multi.level(r, durations.get(r, 10.0), workers=w, seed=100,
+                                                     label=f"fast-{r:g}rps-" + (f"{a.multi_output_tokens}tok-" if a.multi_output_tokens != 64 else "") + f"w{w}"))
     if "memory" in parts:
         results["levels"].append(bench.level(a.memory_rate, a.memory_seconds, sample_rss_s=0.25,
                                              label=f"memory-{a.memory_rate:g}rps-{a.memory_seconds:g}s"))
     single: dict[float, bool] = {}  # rate -> every single-process fast-client run at that rate met the targets
     for f in results["levels"]:
-        if f["processes"] == 1 and f["http_client"] == "fast" and not f["label"].startswith("memory"):
+        if (f["processes"] == 1 and f.get("workers", 1) == 1 and f["http_client"] == "fast"
+                and not f["label"].startswith("memory") and "-w" not in f["label"]):
             single[f["target_rate_rps"]] = single.get(f["target_rate_rps"], True) and f["meets"]["all"]
     results["highest_rate_meeting_targets"] = max((r for r, ok in single.items() if ok), default=None)
+    for w in sorted({f.get("workers", 1) for f in results["levels"] if f["label"].startswith("fast-")
+                     and "-w" in f["label"]}):
+        ok = [f["target_rate_rps"] for f in results["levels"] if f["label"].endswith(f"-w{w}") and f["meets"]["all"]]
+        results[f"highest_rate_meeting_targets_workers_{w}"] = max(ok, default=None)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
