@@ -95,3 +95,25 @@ async def test_close_releases_the_timerfds():
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfds are Linux only")
+async def test_a_wait_cancelled_just_before_close_ends_cleanly():
+    # The run closes its clock right after the load loop returns, while a drain timer it cancelled has not yet
+    # run its clean-up: that clean-up must neither touch a closed descriptor nor leak one.
+    clock = MonotonicClock()
+    pool = clock._timers
+    task = asyncio.get_running_loop().create_task(clock.sleep_until(time.perf_counter_ns() + 50 * MS))
+    await asyncio.sleep(0.002)
+    busy = [fd for fd in pool._all if fd not in pool._free]
+    assert len(busy) == 1
+    task.cancel()
+    clock.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool._all == [] and pool._free == []
+    with pytest.raises(OSError):
+        os.fstat(busy[0])
+    later = time.perf_counter_ns() + 2 * MS  # a wait after close still waits (on the loop's timer)
+    await clock.sleep_until(later)
+    assert time.perf_counter_ns() >= later

@@ -251,3 +251,16 @@ def test_server_gone_mid_run_stops_all_workers_exit_3(tmp_path, capsys):
     summary = read_json(rd / "summary.json")
     assert summary["errors_by_kind"]["connection"] >= 5 and summary["completed_requests"] >= 20
     assert summary["client"]["issued"] < 40 * 30  # stopped long before the 60 s schedule ended
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_clean_run_writes_nothing_to_stderr(tmp_path, workers):
+    # Loose ends of a run (a timer task cleaned up after its clock was closed, a worker's pipe) show up as
+    # "Task exception was never retrieved" or tracebacks on stderr even when the run itself succeeds.
+    with FaultyTriton("ok", tokens=4, gap_s=0.002) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "loadgen", "run", "--url", srv.url, "--model", "m", "--workers", workers,
+             "--rate", "40", "--requests", "40", "--output-tokens", "4", "--no-live", "--out-dir", str(tmp_path)],
+            capture_output=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
+    assert read_json(only_run_dir(tmp_path) / "summary.json")["completed_requests"] == 40

@@ -78,12 +78,15 @@ class _TimerFds:
     """A small pool of Linux timerfds, one per concurrent waiter (the open loop needs one; a drain timer a second).
 
     An fd goes back to the pool disarmed and drained, so a wait that was cancelled never wakes a later one early.
+    ``close`` closes the idle fds at once and each busy one when its wait ends (a cancelled wait may finish after
+    the run has closed its clock); a wait that starts after ``close`` uses the loop's timer.
     """
 
     def __init__(self, libc: ctypes.CDLL) -> None:
         self._libc = libc
         self._free: list[int] = []
         self._all: list[int] = []
+        self._closed = False
         self._finalizer = weakref.finalize(self, _close_fds, self._all)
 
     @classmethod
@@ -123,6 +126,9 @@ class _TimerFds:
             raise OSError(err, os.strerror(err))
 
     async def sleep_until(self, deadline_ns: int) -> None:
+        if self._closed:
+            await asyncio.sleep(max(0, deadline_ns - time.perf_counter_ns()) / 1e9)
+            return
         fd = self._free.pop() if self._free else self._new()
         loop = asyncio.get_running_loop()
         fired = loop.create_future()
@@ -141,14 +147,26 @@ class _TimerFds:
             await fired
         finally:
             loop.remove_reader(fd)
-            if not fired.done() or fired.cancelled():  # cancelled while armed: disarm and drain before reuse
-                self._arm(fd, 0)
-                with contextlib.suppress(BlockingIOError):
-                    os.read(fd, 8)
-            self._free.append(fd)
+            if self._closed:
+                self._release(fd)
+            else:
+                if not fired.done() or fired.cancelled():  # cancelled while armed: disarm, drain, then reuse
+                    self._arm(fd, 0)
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(fd, 8)
+                self._free.append(fd)
+
+    def _release(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(ValueError):
+            self._all.remove(fd)
 
     def close(self) -> None:
-        self._finalizer()
+        self._closed = True
+        for fd in self._free:
+            self._release(fd)
+        self._free.clear()
 
 
 def _close_fds(fds: list[int]) -> None:
