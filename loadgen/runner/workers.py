@@ -71,6 +71,7 @@ class WorkerLink:
         self.conn = conn
         self.worker = worker
         self.n = n
+        self.stats: LiveStats | None = None
 
     def share(self, ls: LoopSettings) -> None:
         ls.worker, ls.n_workers = self.worker, self.n
@@ -89,6 +90,7 @@ class WorkerLink:
 
     async def report(self, stats: LiveStats) -> None:
         """Send the live figures twice a second. A parent that is gone stops this worker (as a SIGTERM would)."""
+        self.stats = stats
         while True:
             try:
                 self.conn.send(("tick", figures(stats)))
@@ -115,6 +117,8 @@ def worker_main(conn: Any, settings: Any, url: str, run_dir: str, worker: int, n
         link = WorkerLink(conn, worker, n)
         outcome, client, tripped = asyncio.run(
             run_level_async(settings, url, lambda info: Path(run_dir), None, workload, part=link))
+        if link.stats is not None:  # the last figures, so the parent's display ends on the totals
+            conn.send(("tick", figures(link.stats)))
         conn.send(("done", asdict(outcome), client, tripped))
     except LoadgenError as err:
         _send_quietly(conn, ("error", err.exit_code, str(err)))
