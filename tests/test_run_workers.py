@@ -168,12 +168,12 @@ def test_trace_replay_stripes_add_up_to_the_replay(embedded_server, tmp_path):
 
 # -- lifecycle, against a fake server ----------------------------------------------------------------------------
 def children(pid: int) -> list[int]:
-    """The worker processes of ``pid`` (multiprocessing spawn children, not its resource tracker)."""
+    """The worker processes of ``pid``."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for c in (task / "children").read_text().split():
             cmd = Path(f"/proc/{c}/cmdline").read_bytes()
-            if b"spawn_main" in cmd:
+            if b"loadgen.runner.workers" in cmd:
                 out.append(int(c))
     return out
 

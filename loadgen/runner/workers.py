@@ -22,20 +22,25 @@ worker, which stops issuing exactly as Ctrl-C does in one process, and still wai
 Ctrl-C kills them. A worker that finds the server gone, or dies, makes the parent stop the others; the records
 already written are kept and the summary is still written.
 
-Messages on each worker's pipe: worker -> parent ``("ready", n)``, ``("tick", figures)``,
-``("done", outcome, client, tripped)``, ``("error", exit_code, text)``; parent -> worker ``("go", t0_ns)``.
+Each worker is ``python -m loadgen.runner.workers FD``, talking to the parent over one socket pair with
+multiprocessing's message framing. Parent -> worker: ``("start", settings, url, run_dir, k, n)``, then
+``("go", t0_ns)``; worker -> parent: ``("ready", n)``, ``("tick", figures)``, ``("done", outcome, client,
+tripped)`` or ``("error", exit_code, text)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +111,7 @@ def figures(stats: LiveStats) -> dict[str, Any]:
 
 
 def worker_main(conn: Any, settings: Any, url: str, run_dir: str, worker: int, n: int) -> None:
-    """Entry point of worker process ``worker`` (started with the spawn method: a clean interpreter)."""
+    """Run worker ``worker`` of ``n`` in this (fresh) process, reporting over ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     from loadgen.runner.run import install_uvloop, run_level_async
     from loadgen.traces.replay import workload_for
@@ -131,6 +136,43 @@ def worker_main(conn: Any, settings: Any, url: str, run_dir: str, worker: int, n
 def _send_quietly(conn: Any, msg: tuple) -> None:
     with contextlib.suppress(OSError):
         conn.send(msg)
+
+
+def _worker_process(fd: int) -> None:
+    """``python -m loadgen.runner.workers FD``: read the assignment from the socket FD, then run it."""
+    conn = Connection(fd)
+    try:
+        kind, settings, url, run_dir, worker, n = conn.recv()
+    except (EOFError, OSError):
+        return  # the parent is gone before it said anything
+    worker_main(conn, settings, url, run_dir, worker, n)
+
+
+class _Process:
+    """A worker's interpreter: ``python -m loadgen.runner.workers FD``, a fresh process that inherits nothing but
+    one end of a socket pair (not multiprocessing's spawn, which re-runs the parent's ``__main__`` and so fails
+    when the parent is an interactive session or a script read from stdin)."""
+
+    def __init__(self, fd: int) -> None:
+        self.popen = subprocess.Popen([sys.executable, "-m", "loadgen.runner.workers", str(fd)], pass_fds=(fd,),
+                                      stdin=subprocess.DEVNULL)
+        self.pid = self.popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
 
 
 # -- the parent side --------------------------------------------------------------------------------------------
@@ -182,14 +224,15 @@ class WorkerPool:
         self.signals = 0
 
     def start(self) -> None:
-        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited event loop, threads or server handles
         loop = asyncio.get_running_loop()
         for k in range(self.n):
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=worker_main, name=f"loadgen-worker-{k}",
-                               args=(child_end, self.settings, self.url, str(self.run_dir), k, self.n))
-            proc.start()
-            child_end.close()
+            parent_sock, child_sock = socket.socketpair()
+            try:
+                proc = _Process(child_sock.fileno())
+            finally:
+                child_sock.close()
+            parent_end = Connection(parent_sock.detach())
+            parent_end.send(("start", self.settings, self.url, str(self.run_dir), k, self.n))
             w = _Worker(k, proc, parent_end)
             self.workers.append(w)
             # One reader thread per pipe, handing each message to the event loop. (Polling the pipe from the
@@ -396,3 +439,7 @@ async def run_workers_async(s: Any, url: str, prepare_dir: Any, console: Any, wo
         client["workers_failed"] = [w.k for w in pool.workers if w.done is None]
     tripped = next((w.done[2] for w in done if w.done[2]), None)  # type: ignore[index]
     return outcome, client, tripped, failure
+
+
+if __name__ == "__main__":
+    _worker_process(int(sys.argv[1]))
