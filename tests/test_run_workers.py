@@ -215,6 +215,14 @@ def test_ctrl_c_stops_every_worker_and_keeps_their_records(tmp_path):
     summary = read_json(rd / "summary.json")
     assert summary["completed_requests"] >= 8 and summary["client"]["interrupted"] is True
     assert b"interrupted" in out
+    # A crash before summary.json: `loadgen report` recomputes it from every worker's records.
+    (rd / "summary.json").unlink()
+    rep = subprocess.run([sys.executable, "-m", "loadgen", "report", str(rd), "--json"], capture_output=True,
+                         timeout=60)
+    assert rep.returncode == 0, rep.stderr.decode()
+    (again,) = json.loads(rep.stdout)
+    assert again["recomputed"] is True and again["completed_requests"] == summary["completed_requests"]
+    assert b"records.w0.jsonl, records.w1.jsonl" in rep.stderr + rep.stdout
 
 
 def test_a_worker_killed_mid_run_stops_the_others_and_keeps_the_run(tmp_path):

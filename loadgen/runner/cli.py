@@ -65,7 +65,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--drain-timeout", default="60s", help="after issuing stops, wait this long for in-flight")
     lo.add_argument("--workers", type=int, default=1,
                     help="worker processes sharing the one schedule (each sends every Nth request), for rates "
-                         "past one core (~1,000 req/s); default 1")
+                         "past one core (~2,000 streamed req/s); default 1")
     lo.add_argument("--max-connection-errors", type=int, default=50,
                     help="stop the run after this many connection errors in a row (server gone)")
     add_trace_arguments(p)

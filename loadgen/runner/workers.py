@@ -1,6 +1,6 @@
 """``loadgen run --workers N``: one load level issued by N worker processes that share one schedule.
 
-Why: one Python event loop issues about 1,000-1,500 streamed requests a second within the timing targets
+Why: one Python event loop issues about 2,000 streamed requests a second within the timing targets
 (benchmarks/RESULTS.md); past that, one core is the limit and the fix is more processes, not a faster loop.
 
 How the schedule is shared (the same scheme as the Locust master/worker path):
