@@ -382,7 +382,7 @@ class Bench:
         label = label or f"{http_client}-{rate:g}rps-{procs}p" + (f"-w{workers}" if workers > 1 else "")
         d = self.work / f"{time.strftime('%H%M%S')}-{label}"
         d.mkdir(parents=True)
-        load_before = os.getloadavg()[0]
+        load_before, busy_before = os.getloadavg()[0], cpu_busy_s()
         with StreamServer(self.binary, d / "server_timing.txt", self.ttft_us, self.gap_us, self.server_cpu,
                           self.nice if self.server_nice is None else self.server_nice) as srv:
             def cpus(k: int) -> str | None:
@@ -397,6 +397,14 @@ class Bench:
             runs = [finish_client(p) for p in clients]
             timing = srv.stop()
         fig = level_figures(runs, timing, duration_s)
+        own: dict[str, float] = {}
+        if self.server_cpu:
+            own[self.server_cpu] = fig["server"]["cpu_s"]
+        for k, r in enumerate(runs):  # clients pinned to one CPU each (a --workers client spans several: not split)
+            cpu = cpus(k)
+            if cpu and "," not in cpu:
+                own[cpu] = own.get(cpu, 0.0) + r.process_cpu_s
+        fig["interference"] = foreign_cpu(busy_before, cpu_busy_s(), own)  # other processes on our cores
         fig.update({"label": label, "target_rate_rps": rate, "duration_s": duration_s, "processes": procs,
                     "workers": workers,
                     "nice": self.nice, "server_nice": self.server_nice, "output_tokens": self.output_tokens,
@@ -478,6 +486,28 @@ def noise_probe(cpus: tuple[str, ...], seconds: float = 3.0) -> dict[str, Any]:
         n, total, worst = (int(x) for x in p.communicate()[0].split())
         out[f"cpu{c}"] = {"stalls_over_100us": n, "stalled_ms_per_s": round(total / 1e6 / seconds, 3),
                           "worst_ms": round(worst / 1e6, 3)}
+    return out
+
+
+def cpu_busy_s() -> dict[str, float]:
+    """Busy CPU seconds of each CPU since boot (/proc/stat: user, nice, system, irq, softirq, steal)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in vals]
+            out[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / tick
+    return out
+
+
+def foreign_cpu(before: dict[str, float], after: dict[str, float], own: dict[str, float]) -> dict[str, Any]:
+    """Per CPU of ours: how busy it was during the level, and how much of that was not our own processes
+    (``own``: CPU id -> the CPU seconds our pinned processes used there)."""
+    out = {}
+    for cpu, own_s in own.items():
+        busy = after.get(cpu, 0.0) - before.get(cpu, 0.0)
+        out[cpu] = {"busy_s": round(busy, 2), "own_s": round(own_s, 2), "foreign_busy_s": round(max(0.0, busy - own_s), 2)}
     return out
 
 

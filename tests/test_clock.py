@@ -75,9 +75,9 @@ async def test_a_cancelled_wait_leaves_its_timer_disarmed():
         pool = clock._timers
         assert pool is not None and pool._free
         await asyncio.sleep((deadline - time.perf_counter_ns()) / 1e9 + 0.01)  # past the cancelled deadline
-        for fd in pool._free:
+        for timer in pool._free:
             with pytest.raises(BlockingIOError):  # it never fired: a later wait cannot be woken early by it
-                os.read(fd, 8)
+                os.read(timer.fd, 8)
         later = time.perf_counter_ns() + 2 * MS
         await clock.sleep_until(later)
         assert time.perf_counter_ns() >= later
@@ -89,7 +89,7 @@ async def test_a_cancelled_wait_leaves_its_timer_disarmed():
 async def test_close_releases_the_timerfds():
     clock = MonotonicClock()
     await asyncio.gather(*(clock.sleep_until(time.perf_counter_ns() + k * MS) for k in (1, 2, 3)))
-    fds = list(clock._timers._all)
+    fds = [timer.fd for timer in clock._timers._all]
     assert len(fds) >= 2  # concurrent waiters got their own timers
     clock.close()
     for fd in fds:
@@ -105,7 +105,7 @@ async def test_a_wait_cancelled_just_before_close_ends_cleanly():
     pool = clock._timers
     task = asyncio.get_running_loop().create_task(clock.sleep_until(time.perf_counter_ns() + 50 * MS))
     await asyncio.sleep(0.002)
-    busy = [fd for fd in pool._all if fd not in pool._free]
+    busy = [timer.fd for timer in pool._all if timer not in pool._free]
     assert len(busy) == 1
     task.cancel()
     clock.close()

@@ -72,108 +72,165 @@ class _ITimerSpec(ctypes.Structure):
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK, _TFD_CLOEXEC, _TFD_TIMER_ABSTIME = os.O_NONBLOCK, os.O_CLOEXEC, 1
 _PR_SET_TIMERSLACK = 29
+_LIBC: list[ctypes.CDLL | None] = []  # looked up once
 
 
-class _TimerFds:
-    """A small pool of Linux timerfds, one per concurrent waiter (the open loop needs one; a drain timer a second).
+def _timerfd_libc() -> ctypes.CDLL | None:
+    """libc with timerfd_create/settime, or None where there is none or perf_counter is not CLOCK_MONOTONIC."""
+    if not _LIBC:
+        libc = None
+        if sys.platform.startswith("linux") and "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+                libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ITimerSpec),
+                                                 ctypes.c_void_p]
+            except (OSError, AttributeError):
+                libc = None
+        _LIBC.append(libc)
+    return _LIBC[0]
 
-    An fd goes back to the pool disarmed and drained, so a wait that was cancelled never wakes a later one early.
-    ``close`` closes the idle fds at once and each busy one when its wait ends (a cancelled wait may finish after
-    the run has closed its clock); a wait that starts after ``close`` uses the loop's timer.
-    """
+
+def timerfd_available() -> bool:
+    return _timerfd_libc() is not None
+
+
+def set_timer_slack_ns(ns: int = 1_000) -> None:
+    """The kernel may defer this thread's timers by its timer slack (50 µs by default) to batch wake-ups; a late
+    wake-up is schedule lag, so ask for less. Best effort: without it the timers are still right."""
+    libc = _timerfd_libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError, OSError):
+            libc.prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
+
+
+class TimerFd:
+    """One Linux timerfd on CLOCK_MONOTONIC (``time.perf_counter_ns``): armed at an absolute time, it becomes
+    readable when that time has come, so an event loop (asyncio or gevent) can wait for it like for a socket."""
+
+    __slots__ = ("_libc", "fd")
 
     def __init__(self, libc: ctypes.CDLL) -> None:
         self._libc = libc
-        self._free: list[int] = []
-        self._all: list[int] = []
-        self._closed = False
-        self._finalizer = weakref.finalize(self, _close_fds, self._all)
-
-    @classmethod
-    def create(cls) -> _TimerFds | None:
-        """A pool, or None where timerfds are missing or perf_counter is not CLOCK_MONOTONIC (then: spin)."""
-        if not sys.platform.startswith("linux"):
-            return None
-        if "CLOCK_MONOTONIC" not in time.get_clock_info("perf_counter").implementation:
-            return None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
-            libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_ITimerSpec),
-                                             ctypes.c_void_p]
-            pool = cls(libc)
-            pool._free.append(pool._new())
-        except (OSError, AttributeError):
-            return None
-        # The kernel may defer a timer by the thread's timer slack (50 µs by default) to batch wake-ups; ask
-        # for 1 µs, since a late wake-up is schedule lag. Best effort: without it the timers are still right.
-        with contextlib.suppress(AttributeError, OSError):
-            libc.prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(1_000), 0, 0, 0)
-        return pool
-
-    def _new(self) -> int:
-        fd = self._libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
-        self._all.append(fd)
-        return fd
+        self.fd = fd
 
-    def _arm(self, fd: int, deadline_ns: int) -> None:
+    @classmethod
+    def create(cls) -> TimerFd | None:
+        libc = _timerfd_libc()
+        if libc is None:
+            return None
+        try:
+            return cls(libc)
+        except OSError:
+            return None
+
+    def arm(self, deadline_ns: int) -> None:
+        """Fire at ``deadline_ns`` (absolute); 0 disarms."""
         spec = _ITimerSpec(0, 0, *divmod(deadline_ns, 1_000_000_000)) if deadline_ns else _ITimerSpec(0, 0, 0, 0)
-        if self._libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME if deadline_ns else 0, ctypes.byref(spec), None):
+        if self._libc.timerfd_settime(self.fd, _TFD_TIMER_ABSTIME if deadline_ns else 0, ctypes.byref(spec), None):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
+
+    def consume(self) -> bool:
+        """True when the timer has fired (and reset it), False when it has not yet."""
+        try:
+            os.read(self.fd, 8)
+            return True
+        except BlockingIOError:
+            return False
+
+    def reset(self) -> None:
+        """Disarm and forget a pending expiry, so that the next wait is not woken by this one."""
+        self.arm(0)
+        self.consume()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+class _TimerFds:
+    """A small pool of timerfds for asyncio, one per concurrent waiter (the open loop needs one; a drain timer a
+    second).
+
+    A timer goes back to the pool reset, so a wait that was cancelled never wakes a later one early. ``close``
+    closes the idle timers at once and each busy one when its wait ends (a cancelled wait may finish after the
+    run has closed its clock); a wait that starts after ``close`` uses the loop's timer.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[TimerFd] = []
+        self._all: list[TimerFd] = []
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_timers, self._all)
+
+    @classmethod
+    def create(cls) -> _TimerFds | None:
+        """A pool, or None where timerfds are missing (then: spin)."""
+        first = TimerFd.create()
+        if first is None:
+            return None
+        pool = cls()
+        pool._all.append(first)
+        pool._free.append(first)
+        set_timer_slack_ns()
+        return pool
+
+    def _take(self) -> TimerFd:
+        if self._free:
+            return self._free.pop()
+        timer = TimerFd.create()
+        if timer is None:
+            raise OSError("timerfd_create failed")
+        self._all.append(timer)
+        return timer
 
     async def sleep_until(self, deadline_ns: int) -> None:
         if self._closed:
             await asyncio.sleep(max(0, deadline_ns - time.perf_counter_ns()) / 1e9)
             return
-        fd = self._free.pop() if self._free else self._new()
+        timer = self._take()
         loop = asyncio.get_running_loop()
         fired = loop.create_future()
 
         def on_ready() -> None:
-            try:
-                os.read(fd, 8)
-            except BlockingIOError:  # not expired after all
-                return
-            if not fired.done():
+            if timer.consume() and not fired.done():
                 fired.set_result(None)
 
-        self._arm(fd, deadline_ns)
-        loop.add_reader(fd, on_ready)
+        timer.arm(deadline_ns)
+        loop.add_reader(timer.fd, on_ready)
         try:
             await fired
         finally:
-            loop.remove_reader(fd)
+            loop.remove_reader(timer.fd)
             if self._closed:
-                self._release(fd)
+                timer.close()
+                with contextlib.suppress(ValueError):
+                    self._all.remove(timer)
             else:
-                if not fired.done() or fired.cancelled():  # cancelled while armed: disarm, drain, then reuse
-                    self._arm(fd, 0)
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(fd, 8)
-                self._free.append(fd)
-
-    def _release(self, fd: int) -> None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        with contextlib.suppress(ValueError):
-            self._all.remove(fd)
+                if not fired.done() or fired.cancelled():  # cancelled while armed
+                    timer.reset()
+                self._free.append(timer)
 
     def close(self) -> None:
         self._closed = True
-        for fd in self._free:
-            self._release(fd)
+        for timer in self._free:
+            timer.close()
+            with contextlib.suppress(ValueError):
+                self._all.remove(timer)
         self._free.clear()
 
 
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    fds.clear()
+def _close_timers(timers: list[TimerFd]) -> None:
+    for timer in timers:
+        timer.close()
+    timers.clear()
 
 
 class FakeClock:

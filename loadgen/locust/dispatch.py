@@ -19,7 +19,9 @@ import gevent
 import gevent.event
 import gevent.lock
 import numpy as np
+from gevent.socket import wait_read
 
+from loadgen.core.clock import MonotonicClock, TimerFd, set_timer_slack_ns, timerfd_available
 from loadgen.core.records import ERR_PROTOCOL, STATUS_DROPPED, STATUS_ERROR, RequestRecord
 
 _now = time.perf_counter_ns
@@ -36,19 +38,51 @@ class DispatchOutcome:
     interrupted: bool  # stopped before the schedule was done
 
 
+TIMER_LEAD_NS = MonotonicClock.timer_lead_ns  # the timerfd fires this long before the deadline (see clock.py)
+COARSE_MARGIN_NS = 2_000_000  # with a timerfd: the hub's own timer (about 1 ms coarse) until this long before
+_IDLE_TIMERS: list[TimerFd] = []  # timerfds not in use (one hub thread per process: no lock needed)
+
+
+def _timerfd_wait(deadline_ns: int) -> None:
+    """Block this greenlet (not the hub) until a timerfd armed at ``deadline_ns`` fires."""
+    if _IDLE_TIMERS:
+        timer = _IDLE_TIMERS.pop()
+    else:
+        timer = TimerFd.create()
+        if timer is None:
+            return
+        set_timer_slack_ns()  # (a new timer is rare: the pool only grows to the most greenlets waiting at once)
+    timer.arm(deadline_ns)
+    fired = False
+    try:
+        while not fired:
+            wait_read(timer.fd)
+            fired = timer.consume()
+    finally:
+        if not fired:  # killed while waiting (GreenletExit): the next user must not be woken by this expiry
+            timer.reset()
+        _IDLE_TIMERS.append(timer)
+
+
 def sleep_until(deadline_ns: int, stop: gevent.event.Event | None = None, spin_ns: int = 1_000_000) -> bool:
     """Wait for an absolute ``perf_counter_ns`` deadline; False when ``stop`` was set first.
 
-    The hub's timers are coarse (about 1 ms), so the last ``spin_ns`` are spent yielding with ``sleep(0)``:
-    other greenlets (responses streaming in) keep running while the deadline is met to tens of microseconds.
+    The hub's timers are coarse (about 1 ms). On Linux the wait goes on the hub's timer until 2 ms before the
+    deadline, then on a timerfd (which the hub watches like a socket) until ``TIMER_LEAD_NS`` before it, and
+    yields with ``sleep(0)`` for that last stretch. Without timerfds the last ``spin_ns`` are spent yielding. Other
+    greenlets (responses streaming in) keep running throughout.
     """
     remaining = deadline_ns - _now()
-    if remaining > spin_ns:
+    precise = remaining > TIMER_LEAD_NS and timerfd_available()
+    coarse = COARSE_MARGIN_NS if precise else spin_ns
+    if remaining > coarse:
         if stop is not None:
-            if stop.wait((remaining - spin_ns) / 1e9):
+            if stop.wait((remaining - coarse) / 1e9):
                 return False
         else:
-            gevent.sleep((remaining - spin_ns) / 1e9)
+            gevent.sleep((remaining - coarse) / 1e9)
+    if precise and deadline_ns - _now() > TIMER_LEAD_NS:
+        _timerfd_wait(deadline_ns - TIMER_LEAD_NS)
     while _now() < deadline_ns:
         if stop is not None and stop.is_set():
             return False
