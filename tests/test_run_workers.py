@@ -272,3 +272,36 @@ def test_a_clean_run_writes_nothing_to_stderr(tmp_path, workers):
             capture_output=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
     assert read_json(only_run_dir(tmp_path) / "summary.json")["completed_requests"] == 40
+
+
+def test_workers_stop_by_themselves_when_the_parent_is_killed(tmp_path):
+    # No orphaned load: a worker whose parent is gone (SIGKILL: no chance to stop them) notices at its next live
+    # report and stops like on Ctrl-C, keeping its records.
+    with FaultyTriton("ok", tokens=8, gap_s=0.01) as srv:
+        proc = start_run(srv, tmp_path)
+        try:
+            rd = wait_for_records(proc, tmp_path)
+            workers = children(proc.pid)
+            assert len(workers) == 2
+            proc.kill()
+            proc.wait(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(_running(w) for w in workers):
+                time.sleep(0.1)
+            assert not any(_running(w) for w in workers)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for w in workers if "workers" in locals() else []:
+                if _running(w):
+                    os.kill(w, signal.SIGKILL)
+    recs = [r for rs in worker_records(rd).values() for r in rs]
+    assert len(recs) >= 5 and all(r["status"] in ("ok", "cancelled") for r in recs)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init, or by nobody in a container: a zombie has stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
