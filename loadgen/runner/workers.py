@@ -311,7 +311,8 @@ class WorkerPool:
                                "(building the workload in each process); try fewer workers")
         t0 = time.perf_counter_ns() + START_LEAD_NS
         for w in self.workers:
-            w.conn.send(("go", t0))
+            with contextlib.suppress(OSError):  # it died after saying ready: wait_done reports it
+                w.conn.send(("go", t0))
         return t0
 
     async def wait_done(self) -> None:
