@@ -14,6 +14,8 @@ general loop, which gives the same payloads for the common shape too.
 
 from __future__ import annotations
 
+import abc
+
 
 class SSEDecoder:
     """``idle`` is true when nothing is held back (no partial line, no data lines waiting for their blank line):
@@ -98,7 +100,7 @@ class SSEDecoder:
         return self._buf
 
 
-class SSEStreamParser:
+class SSEStreamParser(abc.ABC):
     """Base of the stream parsers whose body is SSE: ``feed`` frames the chunk and hands each event's payload to
     ``_event`` (which returns the tokens it carried).
 
@@ -123,5 +125,6 @@ class SSEStreamParser:
             tokens += self._event(payload)
         return tokens
 
+    @abc.abstractmethod
     def _event(self, payload: bytes) -> int:
-        raise NotImplementedError
+        """One event's payload: the output tokens it carried (and whatever else the subclass keeps)."""
