@@ -519,23 +519,34 @@ def wait_quiet(max_load: float, patience_s: float) -> float:
     return os.getloadavg()[0]
 
 
-def render(results: dict[str, Any]) -> None:
-    from rich.console import Console
+def load_column(f: dict[str, Any]) -> str:
+    return f"{f['loadavg_1m_before']:.2f}/{f['loadavg_1m_after']:.2f}"
+
+
+def levels_table(levels: list[dict[str, Any]], title: str, last: tuple[str, Any] = ("load before/after",
+                                                                                   load_column)) -> Any:
+    """The levels as a Rich table; ``last`` is the one column that differs between benchmarks (name, f -> text)."""
     from rich.table import Table
 
-    table = Table(title="loadgen generator capacity (Poisson, 64-token streams)")
+    table = Table(title=title)
     for col in ("level", "achieved rps", "ratio", "CV srv (sched)", "TTFT err p50/p99 ms", "lag p99 ms",
-                "CPU s/1k req", "CPU util", "load before/after", "meets"):
+                "CPU s/1k req", "CPU util", last[0], "meets"):
         table.add_column(col, justify="right")
-    for f in results["levels"]:
+    for f in levels:
         e = f["ttft_error_ms"]
         bad = [k for k, ok in f["meets"].items() if k != "all" and not ok]
         table.add_row(f["label"], f"{f['achieved_rate_rps']:.1f}", f"{f['achieved_ratio']:.3f}",
                       f"{f['cv_server']:.3f} ({f['cv_schedule']:.3f})", f"{e['p50']:.3f}/{e['p99']:.3f}",
                       f"{f['schedule_lag_p99_ms']:.2f}", f"{f['client_cpu_s_per_1000']:.3f}",
-                      f"{f['client_cpu_utilisation']:.2f}",
-                      f"{f['loadavg_1m_before']:.2f}/{f['loadavg_1m_after']:.2f}",
+                      f"{f['client_cpu_utilisation']:.2f}", last[1](f),
                       "yes" if f["meets"]["all"] else "no: " + ",".join(bad))
+    return table
+
+
+def render(results: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    table = levels_table(results["levels"], "loadgen generator capacity (Poisson, 64-token streams)")
     console = Console(width=150)
     console.print(table)
     console.print(f"highest single-process rate meeting the targets: {results['highest_rate_meeting_targets']}")

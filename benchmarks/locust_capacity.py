@@ -95,21 +95,12 @@ def locust_level(bench: gc.Bench, rate: float, duration_s: float) -> dict[str, A
 
 def render(levels: list[dict[str, Any]]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="one Locust worker process vs the asyncio runner (Poisson, 64-token streams, 1 core each)")
-    for col in ("level", "achieved rps", "ratio", "CV srv (sched)", "TTFT err p50/p99 ms", "lag p99 ms",
-                "CPU s/1k req", "CPU util", "others' CPU s", "meets"):
-        table.add_column(col, justify="right")
-    for f in levels:
-        e = f["ttft_error_ms"]
-        bad = [k for k, ok in f["meets"].items() if k != "all" and not ok]
-        table.add_row(f["label"], f"{f['achieved_rate_rps']:.1f}", f"{f['achieved_ratio']:.3f}",
-                      f"{f['cv_server']:.3f} ({f['cv_schedule']:.3f})", f"{e['p50']:.3f}/{e['p99']:.3f}",
-                      f"{f['schedule_lag_p99_ms']:.2f}", f"{f['client_cpu_s_per_1000']:.3f}",
-                      f"{f['client_cpu_utilisation']:.2f}",
-                      f"{sum(v['foreign_busy_s'] for v in f['interference'].values()):.1f}",
-                      "yes" if f["meets"]["all"] else "no: " + ",".join(bad))
+    def others(f: dict[str, Any]) -> str:
+        return f"{sum(v['foreign_busy_s'] for v in f['interference'].values()):.1f}"
+
+    table = gc.levels_table(levels, "one Locust worker process vs the asyncio runner (Poisson, 64-token streams, "
+                            "1 core each)", ("others' CPU s", others))
     Console(width=150).print(table)
 
 
