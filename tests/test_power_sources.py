@@ -18,10 +18,10 @@ from loadgen.power.sources import (
     TritonSource,
     make_source,
     parse_gpu_list,
-    parse_prometheus,
     parse_smi_line,
     split_spec,
 )
+from loadgen.telemetry.prometheus import parse_samples
 
 DCGM_PAGE = """\
 # HELP nv_inference_request_success Number of successful inference requests
@@ -65,7 +65,7 @@ def test_power_spec_and_gpu_list():
 
 
 def test_prometheus_lines_of_wanted_families_only():
-    got = parse_prometheus('a_b{x="q\\"uote",y="2"} 1.5\na_bc 3\n# a_b 9\na_b 2 1700000000\n', {"a_b"})
+    got = parse_samples('a_b{x="q\\"uote",y="2"} 1.5\na_bc 3\n# a_b 9\na_b 2 1700000000\n', {"a_b"})
     assert got == [("a_b", {"x": 'q"uote', "y": "2"}, 1.5), ("a_b", {}, 2.0)]
 
 

@@ -20,7 +20,6 @@ DCGM values every ``--metrics-interval-ms``, 2 s by default), which the runner w
 from __future__ import annotations
 
 import http.client
-import re
 import shutil
 import subprocess
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loadgen.errors import UsageError
+from loadgen.telemetry.prometheus import parse_samples
 
 SOURCES = ("nvml", "triton", "nvidia-smi", "none")
 EMULATED_GPU = "emulated"
@@ -230,9 +230,6 @@ class NvmlSource:
 
 
 # --------------------------------------------------------------------------------------------------- triton
-_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
 # Triton's DCGM families (PROTOCOLS.md) -> sample keys, with a scale to our units.
 TRITON_GPU = {
     "nv_gpu_power_usage": ("power_w", 1.0),
@@ -248,35 +245,6 @@ TRITON_GPU = {
 EMULATED_POWER = "loadgen_emulated_gpu_power_watts"
 EMULATED_ENERGY = "loadgen_emulated_gpu_energy_joules_total"
 EMULATED_REQUESTS = "loadgen_emulated_requests"  # label state=running|waiting, one series per instance
-
-
-def parse_prometheus(text: str, wanted: set[str]) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of the sample lines whose metric name is in ``wanted``; comments and other
-    families are skipped without parsing their labels (Triton's page is mostly per-model counters)."""
-    out = []
-    prefixes = tuple(wanted)
-    for line in text.splitlines():
-        if not line.startswith(prefixes):
-            continue
-        m = _NAME.match(line)
-        name = m.group(0) if m else ""
-        if name not in wanted:
-            continue
-        end = m.end()
-        labels: dict[str, str] = {}
-        rest = line[end:]
-        if rest.startswith("{"):
-            close = rest.rfind("}")
-            labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(rest[1:close])}
-            rest = rest[close + 1:]
-        fields = rest.split()
-        if not fields:
-            continue
-        try:
-            out.append((name, labels, float(fields[0])))
-        except ValueError:
-            continue
-    return out
 
 
 class TritonSource:
@@ -327,7 +295,7 @@ class TritonSource:
     def _by_gpu(self, text: str) -> dict[str, dict[str, Any]]:
         gpus: dict[str, dict[str, Any]] = {}
         emu: dict[str, Any] = {}
-        for name, labels, value in parse_prometheus(text, self._families):
+        for name, labels, value in parse_samples(text, self._families):
             if name in TRITON_GPU:
                 key, scale = TRITON_GPU[name]
                 uuid = labels.get("gpu_uuid", "gpu")

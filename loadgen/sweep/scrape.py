@@ -9,14 +9,12 @@ a server without the endpoint just leaves these columns empty.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import urllib.request
 from typing import Any
 
-_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+from loadgen.telemetry.prometheus import parse_samples
 
 # (metric name, label that must match or None): the first family present wins
 RUNNING = (("loadgen_emulated_requests", ("state", "running")),
@@ -29,24 +27,9 @@ PREEMPTIONS = (("loadgen_emulated_preemptions_total", None), ("vllm:num_preempti
 STEP_LAG = (("loadgen_emulated_step_lag_seconds", ("quantile", "0.99")),)
 SEND_DELAY = (("loadgen_emulated_send_delay_seconds", ("quantile", "0.99")),)
 COMPLETED = "loadgen_emulated_requests_completed_total"  # per replica (label "instance"): the load balance
-
-
-def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample line; comments and malformed lines are skipped."""
-    out = []
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(m.group(2) or ""))
-        out.append((m.group(1), labels, value))
-    return out
+# the sample names read from a scrape (a vLLM or Triton page has hundreds of others)
+WANTED = frozenset({name for fams in (RUNNING, KV_USAGE, PREEMPTIONS, STEP_LAG, SEND_DELAY) for name, _ in fams}
+                   | {COMPLETED})
 
 
 def pick(samples: list[tuple[str, dict[str, str], float]], families: tuple) -> list[float] | None:
@@ -79,7 +62,7 @@ class ServerWatch:
         except (OSError, ValueError) as err:
             self.error = f"{type(err).__name__}: {err}"
             return
-        s = parse_prometheus(text)
+        s = parse_samples(text, WANTED)
         self.samples.append((time.monotonic(), pick(s, RUNNING), pick(s, KV_USAGE), pick(s, PREEMPTIONS),
                              pick(s, STEP_LAG), pick(s, SEND_DELAY)))
         done = {lab.get("instance", ""): v for n, lab, v in s if n == COMPLETED}
