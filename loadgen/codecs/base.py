@@ -45,6 +45,22 @@ def scalar(value: Any) -> Any:
     return value
 
 
+def whole_text_tokens(text: Any, prompt: str | None) -> int:
+    """Output tokens of a non-streamed response that gave no server count: the word-level estimate the prompts are
+    built with (``approx_token_count``), after removing the echoed prompt (a TensorRT-LLM model returns it in front
+    of the output unless asked for ``exclude_input_in_output``, a known source of wrong output lengths)."""
+    from loadgen.core.prompts import approx_token_count
+
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not text:
+        return 0
+    text = str(text)
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt):]
+    return approx_token_count(text)
+
+
 def parse_extra(items: list[str] | None, flag: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs from the command line; VALUE is JSON when it parses as JSON, else a string."""
     import orjson

@@ -56,7 +56,7 @@ class OpenAICodec:
         body.update(spec.params)
         return orjson.dumps(body)
 
-    def parser(self) -> OpenAIStreamParser:
+    def parser(self, spec: RequestSpec | None = None) -> OpenAIStreamParser:
         return OpenAIStreamParser(self.chat)
 
 

@@ -69,29 +69,8 @@ class TritonGrpcCodec:
         values.update(spec.params)
         return [self._tensor(k, v) for k, v in values.items()]
 
-    def parser(self) -> GrpcStreamParser:
+    def parser(self, spec: RequestSpec | None = None) -> GrpcStreamParser:
         return GrpcStreamParser()
-
-
-def codec_from_model(model: str, url: str, meta: Any, config: Any, *, perf_metrics: bool,
-                     extra: dict[str, Any] | None, http_hint: str) -> tuple[TritonGrpcCodec, dict[str, Any]]:
-    """Check a model's gRPC metadata and config for the TensorRT-LLM streaming interface; build its codec.
-
-    ``meta``/``config`` are tritonclient's ModelMetadataResponse and ModelConfig messages (from any transport,
-    asyncio or gevent); ``http_hint`` says how to use the HTTP backend instead, in the caller's own terms.
-    """
-    from loadgen.errors import TargetError
-
-    inputs = {i.name: i.datatype for i in meta.inputs}
-    if "text_input" not in inputs:
-        raise TargetError(f"model {model!r} at {url} has no text_input input: it is not a TensorRT-LLM "
-                          "ensemble/BLS model; pass --model ensemble or tensorrt_llm_bls")
-    if not config.model_transaction_policy.decoupled:
-        raise TargetError(f"model {model!r} is not decoupled, so it cannot stream over gRPC; {http_hint} or serve "
-                          "the model with decoupled: true")
-    codec = TritonGrpcCodec(model, model_inputs=inputs, batched=config.max_batch_size > 0,
-                            perf_metrics=perf_metrics, extra=extra)
-    return codec, {"server": "triton", "model_inputs": sorted(inputs), "max_batch_size": config.max_batch_size}
 
 
 class GrpcStreamParser:

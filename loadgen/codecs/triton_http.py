@@ -5,6 +5,11 @@ An error can arrive as ``data: {"error": "..."}`` after HTTP 200 (the status is 
 Streaming TensorRT-LLM sends only the new token(s) per response; when the model reports ``num_output_tokens`` the
 count per response is taken from it (several tokens in one response are then counted as such), otherwise each
 response with non-empty ``text_output`` counts as one token.
+
+Non-streaming (``generate``, ``stream=False``) answers one JSON body holding the whole output. Its tokens all
+arrive with the end of the body (first token time = last token time = end of body, so TTFT equals E2E); they are
+``num_output_tokens`` when the model returns it, else the word-level count of ``text_output`` without the echoed
+prompt (the codec asks for ``exclude_input_in_output`` where the model declares it).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from loadgen.codecs.base import StreamTotals, drain_body, scalar
+from loadgen.codecs.base import StreamTotals, drain_body, scalar, whole_text_tokens
 from loadgen.codecs.sse import SSEStreamParser
 from loadgen.core.records import RequestSpec
 
@@ -63,8 +68,12 @@ class TritonGenerateCodec:
             body["parameters"] = self.parameters
         return orjson.dumps(body)
 
-    def parser(self) -> TritonStreamParser:
-        return TritonStreamParser()
+    def parser(self, spec: RequestSpec | None = None) -> TritonStreamParser:
+        """A parser for one response; non-streaming, it needs the prompt when the model may echo it."""
+        if self.stream:
+            return TritonStreamParser()
+        echoed = spec is not None and not self._declares("exclude_input_in_output")
+        return TritonStreamParser(whole=True, prompt=spec.prompt if echoed else None)
 
 
 class TritonStreamParser(SSEStreamParser):
@@ -76,13 +85,16 @@ class TritonStreamParser(SSEStreamParser):
     which state changes (so a bad value raises at the same point), are those of the plain reading of the spec.
     """
 
-    __slots__ = ("_totals", "_out", "_in")
+    __slots__ = ("_totals", "_out", "_in", "_whole", "_prompt")
 
-    def __init__(self) -> None:
+    def __init__(self, whole: bool = False, prompt: str | None = None) -> None:
+        """``whole``: the response is not streamed, so a text without a count carries every output token."""
         super().__init__()
         self._totals = StreamTotals()
         self._out: int | None = None
         self._in: int | None = None
+        self._whole = whole
+        self._prompt = prompt
 
     def _event(self, payload: bytes) -> int:
         try:
@@ -115,6 +127,8 @@ class TritonStreamParser(SSEStreamParser):
         text = obj.get("text_output")
         if type(text) is list:
             text = text[0] if text and type(text[0]) is not list else scalar(text)
+        if self._whole:
+            return whole_text_tokens(text, self._prompt)
         return 1 if text else 0
 
     def _perf(self, obj: dict[str, Any]) -> None:

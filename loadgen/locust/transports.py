@@ -4,8 +4,9 @@ They do what the asyncio transports do, with the same sans-IO pieces, so a recor
 front ends:
 
 - HTTP: sockets come from geventhttpclient's connection pool (keep-alive, TLS, DNS); each network read is stamped
-  with ``perf_counter_ns`` and handed to the asyncio fast client's ``ResponseFraming`` (chunked / length /
-  close-delimited bodies); parsing waits until the body has ended (``finish_http_stream``).
+  with ``perf_counter_ns`` and handed to the sans-IO ``ResponseFraming`` of ``loadgen.codecs.framing``, which the
+  asyncio fast client uses too (chunked / length / close-delimited bodies); parsing waits until the body has ended
+  (``finish_http_stream``).
 - gRPC: one decoupled ``ModelStreamInfer`` stream multiplexes every request (tritonclient's generated stub, under
   ``grpc.experimental.gevent``); a reader greenlet stamps each response as it arrives and files it under its
   request id; the responses become tokens through ``GrpcStreamParser`` once the request has ended.
@@ -24,6 +25,7 @@ import gevent.queue
 import orjson
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 
+from loadgen.codecs.framing import ProtocolError, ResponseFraming
 from loadgen.codecs.triton_grpc import GrpcStreamParser, Tensor
 from loadgen.core.records import (
     ERR_CONNECTION,
@@ -34,7 +36,6 @@ from loadgen.core.records import (
     RequestRecord,
 )
 from loadgen.transport.common import finish_grpc_stream, finish_http_stream, http_target
-from loadgen.transport.fasthttp import ProtocolError, ResponseFraming
 
 _now = time.perf_counter_ns
 _RECV = 65536

@@ -371,14 +371,14 @@ class EmbeddedServer:
 
     def _wait_ready(self, deadline: float) -> tuple[bool, str]:
         assert self._proc is not None
-        model_ready = f"/v2/models/{self.config.model_name}/ready"
+        models = [] if self.config.repository is not None else self.config.model_spec().served_models()
         while True:
             rc = self._proc.poll()
             if rc is not None:
                 return False, (f"tritonserver exited with code {rc} before it was ready; log {self.log_path}: "
                                f"{self.log_tail()}")
-            if self._get("/v2/health/ready") == 200 and (
-                    self.config.repository is not None or self._get(model_ready) == 200):
+            if self._get("/v2/health/ready") == 200 and all(
+                    self._get(f"/v2/models/{name}/ready") == 200 for name in models):
                 return True, ""
             if time.monotonic() > deadline:
                 return False, (f"tritonserver did not become ready in time (pass a longer startup timeout if the "

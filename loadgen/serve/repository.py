@@ -1,9 +1,12 @@
-"""Filling the emulated model repository: one decoupled Python model that hosts the emulated SLM engine.
+"""Filling the emulated model repository: one decoupled Python model that hosts the emulated SLM engine, and its
+one-response sibling for the clients that cannot use a decoupled model.
 
-The template lives in ``servers/emulated/`` (in a wheel: ``loadgen/_servers/emulated/``): ``config.pbtxt.template``
-with ``${...}`` placeholders and ``1/model.py``. Filling validates everything the model would otherwise fail on at
-load time (unknown model or GPU profile, a max batch that does not fit in the emulated memory), so that a bad flag
-is one clear line here instead of a stack trace in the server log.
+The templates live in ``servers/emulated/`` (in a wheel: ``loadgen/_servers/emulated/``), one directory per model:
+``config.pbtxt.template`` with ``${...}`` placeholders and ``1/model.py``. ``ensemble/`` is the engine (decoupled,
+so it can stream); ``infer/`` is ``<model_name>_infer``, which forwards each request to it and answers once,
+because KServe ``/infer`` rejects decoupled models. Filling validates everything the model would otherwise fail on
+at load time (unknown model or GPU profile, a max batch that does not fit in the emulated memory), so that a bad
+flag is one clear line here instead of a stack trace in the server log.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from loadgen.codecs.probe import INFER_SIBLING_SUFFIX
 from loadgen.errors import UsageError
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TEMPLATE_MODEL = "ensemble"
+INFER_TEMPLATE = "infer"
 
 
 def servers_dir() -> Path:
@@ -43,6 +48,15 @@ class EmulatedModelSpec:
     speed: float = 1.0  # < 1 runs the emulated GPU slower than real time
     gpu_memory_fraction: float = 0.9
     metrics_interval_ms: int = 100
+    infer_model: bool = True  # also serve <model_name>_infer, the one-response sibling (KServe /infer)
+
+    @property
+    def infer_model_name(self) -> str:
+        return self.model_name + INFER_SIBLING_SUFFIX
+
+    def served_models(self) -> list[str]:
+        """Every model the repository holds (what the launcher waits for)."""
+        return [self.model_name, self.infer_model_name] if self.infer_model else [self.model_name]
 
     def validate(self) -> None:
         """UsageError (one line, naming the flag) for anything the model would fail on inside the server."""
@@ -61,34 +75,44 @@ class EmulatedModelSpec:
         check_batch_fits(model, gpu, self.max_batch, self.replicas, self.gpu_memory_fraction)
 
 
-def write_emulated_repository(spec: EmulatedModelSpec, dest: str | os.PathLike[str],
-                              shared_gpu_path: str | os.PathLike[str]) -> Path:
-    """Create ``dest/<model_name>/{config.pbtxt,1/model.py}``; returns ``dest``.
-
-    ``shared_gpu_path`` is the file through which the replicas (separate processes) share one emulated GPU; it
-    must be fresh for each server start.
-    """
-    spec.validate()
-    src = servers_dir() / "emulated" / TEMPLATE_MODEL
-    root = Path(dest)
-    model_dir = root / spec.model_name
+def _fill(src: Path, model_dir: Path, **values: object) -> None:
+    """Copy a template directory's ``1/*.py`` and fill its ``config.pbtxt.template`` into ``model_dir``."""
     if model_dir.exists():
         shutil.rmtree(model_dir)
     (model_dir / "1").mkdir(parents=True)
     for item in (src / "1").iterdir():
         if item.is_file() and item.suffix == ".py":
             shutil.copy2(item, model_dir / "1" / item.name)
-    text = Template((src / "config.pbtxt.template").read_text()).substitute(
-        model_name=spec.model_name,
-        max_batch_size=int(spec.max_batch),
-        replicas=int(spec.replicas),
-        profile=spec.profile,
-        gpu=spec.gpu,
-        max_batch=int(spec.max_batch),
-        speed=repr(float(spec.speed)),
-        gpu_memory_fraction=repr(float(spec.gpu_memory_fraction)),
-        shared_gpu_path=str(shared_gpu_path),
-        metrics_interval_ms=int(spec.metrics_interval_ms),
-    )
+    text = Template((src / "config.pbtxt.template").read_text()).substitute(**values)
     (model_dir / "config.pbtxt").write_text(text)
+
+
+def write_emulated_repository(spec: EmulatedModelSpec, dest: str | os.PathLike[str],
+                              shared_gpu_path: str | os.PathLike[str]) -> Path:
+    """Create ``dest/<model_name>/{config.pbtxt,1/model.py}`` (and the ``<model_name>_infer`` sibling); returns
+    ``dest``.
+
+    ``shared_gpu_path`` is the file through which the replicas (separate processes) share one emulated GPU; it
+    must be fresh for each server start.
+    """
+    spec.validate()
+    templates = servers_dir() / "emulated"
+    root = Path(dest)
+    _fill(templates / TEMPLATE_MODEL, root / spec.model_name,
+          model_name=spec.model_name,
+          max_batch_size=int(spec.max_batch),
+          replicas=int(spec.replicas),
+          profile=spec.profile,
+          gpu=spec.gpu,
+          max_batch=int(spec.max_batch),
+          speed=repr(float(spec.speed)),
+          gpu_memory_fraction=repr(float(spec.gpu_memory_fraction)),
+          shared_gpu_path=str(shared_gpu_path),
+          metrics_interval_ms=int(spec.metrics_interval_ms))
+    if spec.infer_model:
+        # One forwarding thread per request in flight: every request the engines can run, and more waiting
+        # (beyond that they would queue in the sibling instead of the engine, hiding the engine's queue).
+        _fill(templates / INFER_TEMPLATE, root / spec.infer_model_name,
+              model_name=spec.infer_model_name, target_model=spec.model_name, max_batch_size=int(spec.max_batch),
+              max_in_flight=max(1024, 4 * int(spec.max_batch) * int(spec.replicas)))
     return root

@@ -52,6 +52,11 @@ def build_request(model: str, request_id: str, tensors: list[Tensor]) -> Any:
     return req
 
 
+def probe_request(method: str, fields: dict[str, Any]) -> Any:
+    """The request message of a probe question (``loadgen.codecs.probe.GrpcCall``), e.g. ModelConfigRequest."""
+    return getattr(service_pb2, f"{method}Request")(**fields)
+
+
 class _Pending:
     __slots__ = ("times", "responses", "done", "error")
 

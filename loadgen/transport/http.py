@@ -30,7 +30,10 @@ class HttpTransport:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
                  request_timeout_s: float | None = None, max_connections: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        # identity: aiohttp would ask for gzip by default, and Triton then compresses /infer bodies, which this
+        # transport (auto_decompress off: nothing but stamping on the timing path) would hand to the codec as is.
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
+                        "Accept-Encoding": "identity"}
         self.headers.update(headers or {})
         self.verify_tls = verify_tls
         self.request_timeout_s = request_timeout_s
@@ -68,6 +71,18 @@ class HttpTransport:
                 return r.status, orjson.loads(text)
             except Exception:
                 return r.status, text
+
+    async def post_json(self, path: str, obj: Any, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """A small control-plane POST (probing, e.g. Triton's repository index): (status, parsed JSON or None)."""
+        import orjson
+
+        async with self.session.post(self.base_url + path, data=orjson.dumps(obj),
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            raw = await r.read()
+            try:
+                return r.status, orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return r.status, None
 
     async def stream(self, path: str, body: bytes, rec: RequestRecord, parser: Any, t0: int) -> None:
         """POST ``body`` and capture the streamed response into ``rec`` (times relative to ``t0``)."""
