@@ -161,13 +161,10 @@ def fnv1a64(items: list[bytes]) -> np.ndarray:
 
 def prompt_hashes(config: dict, indices: np.ndarray) -> np.ndarray:
     """Rebuild the prompts the run sent (same seed and request source) and hash them as the server does."""
-    from loadgen.runner.run import build_source
-    from loadgen.runner.settings import RunSettings
+    from loadgen.level.plan import request_source
+    from loadgen.scenario.check import build
 
-    s = config["settings"]
-    source = build_source(RunSettings(url=None, seed=s["seed"], input_tokens=s["input_tokens"],
-                                      output_tokens=s["output_tokens"], tokenizer=s["tokenizer"],
-                                      min_tokens=s["min_tokens"]))
+    source = request_source(build(config["scenario"], "config.json"))
     return fnv1a64([orjson.dumps(source.spec(int(i)).prompt)[1:-1] for i in indices])
 
 

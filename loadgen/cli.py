@@ -14,7 +14,7 @@ from loadgen.errors import LoadgenError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("loadgen.runner.cli", "run one load level against one endpoint (or the embedded Triton server)"),
+    "run": ("loadgen.run_cli", "run one load level against one endpoint (or the embedded Triton server)"),
     "report": ("loadgen.report_cli", "re-render the report of one or more run directories (side by side)"),
     "serve": ("loadgen.serve.cli", "start the embedded Triton server hosting the emulated SLM engine"),
     "power": ("loadgen.power.cli", "power side-car: sample GPU power/energy to a file (or --analyze a run)"),

@@ -25,3 +25,10 @@ class ThresholdFailed(LoadgenError):
     """A ``--fail-on`` threshold was missed: exit code 4 (the run itself completed and was saved)."""
 
     exit_code = 4
+
+
+class ResultsError(LoadgenError):
+    """The results cannot be written (disk full, a file-size limit, the directory gone): exit code 6. The load
+    stops within a second; whatever was written stays readable by ``loadgen report``."""
+
+    exit_code = 6

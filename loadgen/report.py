@@ -125,8 +125,9 @@ def _print_tables(console: Console, title: str, groups: Sequence[Sequence[_Col]]
 
 def _throughput_groups() -> list[list[_Col]]:
     return [
-        [_Col("target\nreq/s", _key("target_rate_rps")), _Col("achieved\nreq/s", _key("achieved_rate_rps")),
-         _Col("done\nreq/s", _key("request_throughput_rps")), _Col("goodput\nreq/s", _key("goodput_rps"))],
+        [_Col("target\nreq/s", _key("target_rate_rps")), _Col("scheduled\nreq/s", _key("scheduled_rate_rps")),
+         _Col("achieved\nreq/s", _key("achieved_rate_rps")), _Col("done\nreq/s", _key("request_throughput_rps")),
+         _Col("goodput\nreq/s", _key("goodput_rps"))],
         [_Col("output\ntok/s", _key("output_token_throughput_tps")),
          _Col("total\ntok/s", _key("total_token_throughput_tps")),
          _Col("running\n(mean)", _key("mean_running_requests")), _Col("window\ns", _key("window_s"))],

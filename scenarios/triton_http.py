@@ -4,6 +4,7 @@ SLM. Pick one class:
     locust -f scenarios/ TritonHttpPoisson --headless -H http://127.0.0.1:8000 --rate 8 --requests 400
     locust -f scenarios/ TritonHttpTrace --headless -H http://127.0.0.1:8000 --trace traces/example_bursty.csv
     locust -f scenarios/ TritonHttpUsers --headless -H http://127.0.0.1:8000 -u 8 --think-time 1s -t 60s
+    locust -f scenarios/ --headless --scenario level.toml      # the class matching the file (loadgen run's print)
 
 Without -H the embedded Triton server is started for the run. See scenarios/README.md.
 """

@@ -161,11 +161,11 @@ def test_truncation_by_count_and_duration_gives_prefixes(kind, cvv):
     assert len(short) == BLOCK + 10 and len(long) == 2 * BLOCK + 123
     np.testing.assert_array_equal(long[: len(short)], short)
     assert (np.diff(long) >= 0).all()
-    by_time = build_offsets(ArrivalSpec(kind, rate=1000, cv=cvv, duration_s=70.0, seed=5))
+    by_time = build_offsets(ArrivalSpec(kind, rate=1000, cv=cvv, duration_s=70.0, seed=5, count="random"))
     assert by_time[-1] < 70 * 10**9
     np.testing.assert_array_equal(by_time, long[long < 70 * 10**9])  # same stream, cut at the duration
     both = build_offsets(ArrivalSpec(kind, rate=1000, cv=cvv, duration_s=70.0, max_requests=5000, seed=5))
-    np.testing.assert_array_equal(both, long[:5000])
+    np.testing.assert_array_equal(both, long[:5000])  # the count bound comes first: the free process
     tiny = build_offsets(ArrivalSpec(kind, rate=1000, cv=cvv, duration_s=70.0, max_requests=1, seed=5))
     assert len(tiny) == 1
 
@@ -260,3 +260,36 @@ def test_stats_helpers_on_hand_made_data():
     assert s["requests"] == 7 and s["span_s"] == pytest.approx(4.0)
     assert s["interarrival_cv"] == pytest.approx(cv(interarrival_s(t)))
     assert math.isnan(cv(np.array([1.0])))
+
+
+@pytest.mark.parametrize("kind,cvv", [("poisson", None), ("gamma", 2.0), ("gamma", 0.5)])
+def test_exact_count_by_default_keeps_the_process(kind, cvv):
+    """--rate 8 --duration 30 sends 240 requests, for any seed; the gaps keep the process's CV."""
+    for seed in range(20):
+        t = build_offsets(ArrivalSpec(kind, rate=8, cv=cvv, duration_s=30, seed=seed))
+        assert len(t) == 240 and t[0] >= 0 and t[-1] < 30 * 10**9 and (np.diff(t) >= 0).all()
+    big = build_offsets(ArrivalSpec(kind, rate=2000, cv=cvv, duration_s=100, seed=3))
+    assert len(big) == 200_000  # crosses the generation block boundary
+    gaps = np.diff(big).astype(np.float64)
+    cv = gaps.std() / gaps.mean()
+    assert abs(cv - (cvv or 1.0)) < 0.05 * (cvv or 1.0), cv
+    np.testing.assert_array_equal(big, build_offsets(ArrivalSpec(kind, rate=2000, cv=cvv, duration_s=100, seed=3)))
+
+
+def test_exact_count_poisson_is_uniform_in_the_window():
+    """A Poisson process conditioned on n arrivals puts them uniformly in the window: a KS test over 50 seeds."""
+    from scipy import stats
+
+    pooled = np.concatenate([build_offsets(ArrivalSpec("poisson", rate=10, duration_s=20, seed=s))
+                             for s in range(50)]) / 20e9
+    assert len(pooled) == 50 * 200
+    assert stats.kstest(pooled, "uniform").pvalue > 1e-3
+
+
+def test_random_count_varies_and_the_count_bound_still_wins():
+    counts = {len(build_offsets(ArrivalSpec("poisson", rate=8, duration_s=30, seed=s, count="random")))
+              for s in range(10)}
+    assert len(counts) > 3  # the free process: about 240 +- 15
+    assert len(build_offsets(ArrivalSpec("poisson", rate=8, duration_s=30, max_requests=100, seed=1))) == 100
+    with pytest.raises(UsageError, match="--arrival-count"):
+        ArrivalSpec("poisson", rate=8, duration_s=30, count="maybe").validate()

@@ -73,11 +73,10 @@ def test_compare_triton_and_openai_runs_and_a_sweep_over_both(embedded_server, t
 
         # the same two servers as a sweep over external endpoints, then compared point against point
         spec = spec_from_mapping({
-            "sweep": {"name": "two-backends", "input_tokens": "24", "output_tokens": "16"},
-            "server": {"kind": "external", "endpoints": [
+            "workload": {"input_tokens": "24", "output_tokens": "16"}, "load": {"requests": 32},
+            "sweep": {"name": "two-backends", "kind": "external", "concurrencies": [8], "endpoints": [
                 {"label": "triton", "url": embedded_server.http_url},
-                {"label": "openai", "url": front.url, "backend": "openai-completions", "model": "opt-125m"}]},
-            "load": {"concurrencies": [8], "requests": 32}})
+                {"label": "openai", "url": front.url, "backend": "openai-completions", "model": "opt-125m"}]}})
         runner = SweepRunner(spec, tmp_path / "sw", Console(file=open(os.devnull, "w")))
         assert runner.run() == 0
         assert main(["compare", str(tmp_path / "sw"), "--json"]) == 0

@@ -30,7 +30,17 @@ from loadgen.core.sizes import parse_size
 from loadgen.core.summary import LevelContext, level_records_files
 from loadgen.errors import UsageError
 from loadgen.locust import report as lreport
-from loadgen.locust.args import scenario_from_options
+from loadgen.locust.args import (
+    CLOSED_FOREVER_S,
+    LOCUST_SKIP,
+    add_arguments,
+    class_for_file,
+    file_choice,
+    level_from_wire,
+    level_to_wire,
+    options_overlay,
+    scenario_from_options,
+)
 from loadgen.locust.dispatch import OpenLoopDispatcher
 from loadgen.locust.stats import LLMStats, MeasureWindow, NodeStats, SparseWindow
 from loadgen.report_cli import load_run_dir
@@ -50,35 +60,63 @@ class Users:
     mode, backend = "closed", "triton-grpc"
 
 
+class ChatPoisson:
+    mode, backend = "open", "openai-chat"
+
+
+class HttpUsers:
+    mode, backend = "closed", "triton-http"
+
+
 def ui_options(**values: object) -> argparse.Namespace:
-    """Options as the web UI form leaves them: strings, empty when not filled in."""
-    base = {"host": "http://127.0.0.1:8000", "backend": "", "model": "", "api_key": "", "arrival": "poisson",
-            "rate": "", "cv": "", "duration": "", "requests": "", "seed": "0", "input_tokens": "128",
-            "output_tokens": "128", "think_time": "0s", "think_dist": "exponential", "concurrency": "",
-            "on_late": "issue", "late_tolerance": "10ms", "warmup": "0", "cooldown": "0s",
-            "request_timeout": "300s", "drain_timeout": "60s", "slo": "", "fail_on": "", "perf_metrics": False,
-            "tokenizer": "", "out_dir": "runs", "run_name": "", "run_time": None}
+    """Options as the web UI form leaves them: strings, empty when not filled in (the scenario's boxes start
+    empty: their defaults are the model's), Locust's own and the Locust-only ones with their defaults."""
+    base = {"host": "http://127.0.0.1:8000", "backend": "", "model": "", "api_key": "", "arrival": "",
+            "rate": "", "cv": "", "duration": "", "requests": "", "seed": "", "input_tokens": "",
+            "output_tokens": "", "think_time": "0s", "think_dist": "exponential", "concurrency": "",
+            "on_late": "", "late_tolerance": "", "warmup": "", "cooldown": "", "request_timeout": "",
+            "drain_timeout": "", "slo": "", "fail_on": "", "perf_metrics": "", "tokenizer": "", "out_dir": "",
+            "name": "", "run_name": None, "scenario": None, "run_time": None}
     base.update(values)
     return argparse.Namespace(**base)
 
 
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The options' default --out-dir (runs/) is checked by creating it: do that in a temporary directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 # -- options ---------------------------------------------------------------------------------------------------
-def test_form_strings_become_the_runners_settings() -> None:
-    sc = scenario_from_options(ui_options(rate="8", requests="40", seed="3", input_tokens="uniform:8,16",
+def test_form_strings_become_the_scenario(in_tmp: Path) -> None:
+    lv = scenario_from_options(ui_options(rate="8", requests="40", seed="3", input_tokens="uniform:8,16",
                                           slo="ttft=1s", warmup="5", speedup="1"), Poisson)
-    s = sc.settings
-    assert (sc.mode, s.backend, s.model, s.rate, s.max_requests, s.seed) == ("open", "triton-http", "ensemble", 8.0,
-                                                                             40, 3)
-    assert s.input_tokens == "uniform:8,16" and s.slo_text == "ttft=1s" and s.warmup_requests == 5
+    sc = lv.scenario
+    assert (lv.mode, sc.target.backend, sc.target.model, sc.load.rate, sc.load.requests, sc.load.seed) == (
+        "open", "triton-http", "ensemble", 8.0, 40, 3)
+    assert sc.workload.input_tokens == "uniform:8,16" and sc.results.slo == "ttft=1s" and sc.warmup_requests == 5
+    assert sc.target.url == "http://127.0.0.1:8000"  # Locust's -H/--host is the scenario's --url
     # --backend overrides the class's own; Locust's --run-time bounds an open loop without --duration
-    sc = scenario_from_options(ui_options(rate="2", backend="openai-chat", model="m", run_time=30), Poisson)
-    assert sc.settings.backend == "openai-chat" and sc.settings.duration_s == 30.0
+    lv = scenario_from_options(ui_options(rate="2", backend="openai-chat", model="m", run_time=30), Poisson)
+    assert lv.scenario.target.backend == "openai-chat" and lv.scenario.load.duration == 30.0
+    # --run-name is the old spelling of --name; --name wins when both are given
+    assert scenario_from_options(ui_options(rate="2", requests="4", run_name="old"), Poisson).scenario.results.name \
+        == "old"
+    assert scenario_from_options(ui_options(rate="2", requests="4", run_name="old", name="new"),
+                                 Poisson).scenario.results.name == "new"
 
 
-def test_closed_loop_takes_its_concurrency_from_the_users() -> None:
-    sc = scenario_from_options(ui_options(requests="20", think_time="250ms", think_dist="constant"), Users, users=6)
-    assert sc.mode == "closed" and sc.users == 6 and sc.settings.concurrency == 6
-    assert sc.think_time_s == 0.25 and sc.think_dist == "constant" and sc.settings.backend == "triton-grpc"
+def test_closed_loop_takes_its_concurrency_from_the_users(in_tmp: Path) -> None:
+    lv = scenario_from_options(ui_options(host="127.0.0.1:8001", requests="20", think_time="250ms",
+                                          think_dist="constant"), Users, users=6)
+    sc = lv.scenario
+    assert lv.mode == "closed" and lv.users == 6 and sc.load.concurrency == 6 and sc.closed_loop
+    assert lv.think_time_s == 0.25 and lv.think_dist == "constant" and sc.target.backend == "triton-grpc"
+    # without -u: the scenario's --concurrency, else one user; without --duration/--requests: until Locust stops
+    lv = scenario_from_options(ui_options(host="", concurrency="4"), HttpUsers)
+    assert lv.users == 4 == lv.scenario.load.concurrency and lv.scenario.load.duration == CLOSED_FOREVER_S
+    assert scenario_from_options(ui_options(host="", requests="3"), HttpUsers).users == 1
 
 
 @pytest.mark.parametrize(("cls", "values", "flag"), [
@@ -86,16 +124,118 @@ def test_closed_loop_takes_its_concurrency_from_the_users() -> None:
     (Poisson, {"rate": "5", "requests": "2.5"}, "--requests"),
     (Poisson, {"rate": "-1", "requests": "5"}, "--rate"),
     (Poisson, {"rate": "5"}, "--duration"),
+    (Poisson, {"requests": "5"}, "--rate"),
     (Poisson, {"rate": "5", "requests": "5", "think_time": "1s"}, "--think-time"),
     (Poisson, {"rate": "5", "requests": "5", "backend": "grpc"}, "--backend"),
+    (Poisson, {"rate": "5", "requests": "5", "input_tokens": "foo"}, "--input-tokens"),
     (Users, {"rate": "5", "requests": "5"}, "--rate"),
+    (Users, {"host": "127.0.0.1:8001", "requests": "5", "concurrency": "4"}, "--concurrency"),
+    (Users, {"requests": "5"}, "--host"),
     (Trace, {"requests": "5"}, "--trace"),
     (Poisson, {"rate": "5", "requests": "5", "trace": "traces/example_bursty.csv"}, "--trace"),
     (Poisson, {"rate": "5", "requests": "5", "slo": "ttft=fast"}, "--slo"),
 ])
-def test_bad_options_name_the_flag(cls: type, values: dict, flag: str) -> None:
+def test_bad_options_name_the_flag(in_tmp: Path, cls: type, values: dict, flag: str) -> None:
     with pytest.raises(UsageError, match=flag):
         scenario_from_options(ui_options(**values), cls, users=1)
+
+
+def print_scenario(tmp_path: Path, *flags: str) -> Path:
+    """A scenario file as ``loadgen run ... --print-scenario`` writes it."""
+    from loadgen.scenario.flags import add_flags
+    from loadgen.scenario.load import scenario_from_args, scenario_toml
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    args = parser.parse_args(list(flags))
+    args.scenario = None
+    path = tmp_path / "s.toml"
+    path.write_text(scenario_toml(scenario_from_args(args, check_paths=False)[0]))
+    return path
+
+
+def test_a_scenario_file_resolves_as_in_loadgen_run(in_tmp: Path) -> None:
+    from loadgen.scenario.load import public_dict, scenario_from_args
+
+    path = print_scenario(in_tmp, "--backend", "openai-completions", "--url", "http://127.0.0.1:9000", "--model",
+                          "m", "--rate", "3", "--requests", "9", "--input-tokens", "16", "--seed", "5")
+    expected = public_dict(scenario_from_args(argparse.Namespace(scenario=str(path)))[0])
+    # no -H: the file's URL; the file's backend, not the class's
+    lv = scenario_from_options(ui_options(host="", scenario=str(path)), ChatPoisson)
+    assert public_dict(lv.scenario) == expected and lv.scenario.target.backend == "openai-completions"
+    # flags beside the file override it, -H its URL; an empty web-UI box leaves the file's value
+    lv = scenario_from_options(ui_options(host="http://127.0.0.1:9001", scenario=str(path), rate="6", seed=""),
+                               ChatPoisson)
+    sc = lv.scenario
+    assert (sc.load.rate, sc.load.requests, sc.load.seed, sc.target.url) == (6.0, 9, 5, "http://127.0.0.1:9001")
+    with pytest.raises(UsageError, match=r"^--input-tokens: 'x' is not a number"):
+        bad = path.read_text().replace('input_tokens = "16"', 'input_tokens = "x"')
+        (in_tmp / "bad.toml").write_text(bad)
+        scenario_from_options(ui_options(host="", scenario=str(in_tmp / "bad.toml")), ChatPoisson)
+
+
+def test_the_class_is_picked_from_the_file(in_tmp: Path) -> None:
+    classes = [Poisson, Trace, HttpUsers, Users, ChatPoisson]
+    assert class_for_file(classes, "open", "triton-http") is Poisson
+    assert class_for_file(classes, "closed", "triton-grpc") is Users
+    assert class_for_file(classes, "open", "openai-completions") is ChatPoisson  # the same protocol family
+    assert class_for_file(classes, "open", "kserve-infer") is Poisson
+    with pytest.raises(UsageError, match="no scenario class selected runs a closed-loop openai-chat level"):
+        class_for_file(classes, "closed", "openai-chat")
+    path = print_scenario(in_tmp, "--concurrency", "3", "--requests", "6", "--backend", "triton-grpc")
+    assert file_choice(ui_options(scenario=str(path))) == ("closed", "triton-grpc")
+    assert file_choice(ui_options(scenario=str(path), rate="2")) == ("open", "triton-grpc")
+    assert file_choice(ui_options()) is None
+
+
+def test_workers_get_exactly_the_masters_scenario(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOADGEN_API_KEY", "secret-from-env")
+    lv = scenario_from_options(ui_options(host="127.0.0.1:8001", requests="20", think_time="1s"), Users, users=3)
+    wire = level_to_wire(lv)
+    assert "secret-from-env" not in repr(wire)  # the plan goes to the workers, and into no file
+    copy = level_from_wire(wire, ui_options(api_key=""))
+    assert copy.scenario == lv.scenario and copy.public_dict() == lv.public_dict()
+
+
+def test_what_locust_does_not_do_is_refused(in_tmp: Path) -> None:
+    for flags, flag in ((("--workers", "2"), "--workers 2: .*--processes 2"), (("--power", "nvml"), "--power nvml")):
+        path = print_scenario(in_tmp, "--rate", "2", "--requests", "4", *flags)
+        with pytest.raises(UsageError, match=flag):
+            scenario_from_options(ui_options(scenario=str(path)), Poisson)
+
+
+def test_the_flags_come_from_the_scenario_model() -> None:
+    """Every scenario flag but those Locust has (or means the same as its own) is in Locust's parser, named in the
+    web form as on the command line; the web UI shows the fields the model marks for it."""
+    import configargparse
+
+    from loadgen.scenario.flags import fields
+
+    class LocustLikeParser(configargparse.ArgumentParser):  # Locust's own parser, without importing locust
+        def add_argument(self, *args: object, **kwargs: object) -> object:
+            ui = kwargs.pop("include_in_web_ui", True)
+            kwargs.pop("is_secret", None)
+            action = super().add_argument(*args, **kwargs)
+            action.include_in_web_ui = ui
+            return action
+
+    parser = LocustLikeParser()
+    parser.add_argument("-H", "--host", dest="host")
+    parser.add_argument("--seed", dest="locust_seed")  # a clash, as a newer Locust might bring
+    add_arguments(parser)
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
+    for _section, _name, _info, meta in fields():
+        flag = meta["flag"]
+        if flag in LOCUST_SKIP or flag == "--seed":
+            assert flag not in actions or flag == "--seed" and actions[flag].dest == "locust_seed"
+            continue
+        assert actions[flag].dest == flag[2:].replace("-", "_"), flag
+        assert actions[flag].include_in_web_ui == bool(meta.get("ui")), flag
+    for flag in ("--think-time", "--think-dist", "--scenario", "--print-scenario", "--run-name"):
+        assert flag in actions
+    args = parser.parse_args(["--rate", "4", "--input-tokens", "16", "--header", "a:1", "--header", "b:2"])
+    assert options_overlay(args) == {"load": {"rate": "4"}, "workload": {"input_tokens": "16"},
+                                     "target": {"headers": ["a:1", "b:2"]}}
 
 
 # -- statistics ------------------------------------------------------------------------------------------------

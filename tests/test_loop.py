@@ -13,8 +13,8 @@ from loadgen.core.prompts import PromptBuilder, RequestSource
 from loadgen.core.records import STATUS_CANCELLED, STATUS_DROPPED, STATUS_OK, RequestRecord
 from loadgen.core.sizes import parse_size
 from loadgen.core.summary import LevelContext, load_records, summarize
+from loadgen.level.recorder import Recorder
 from loadgen.runner.loop import LoadLoop, LoopSettings
-from loadgen.runner.recorder import Recorder
 
 MS = 1_000_000
 

@@ -60,7 +60,8 @@ def test_report_shows_numbers_warnings_prompt_method_and_legend(summaries):
     row = next(line for line in text.splitlines() if line.strip().startswith("rate-100") and "12.5" in line)
     # TTFT p50 p90 p99, TPOT, ITL, E2E p50 p90 p99 from issued time, one table at 120 columns
     assert re.search(r"12\.5\s+12\.5\s+12\.5\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+4\.00\s+28\.5", row)
-    assert re.search(r"rate-150\s+150\s+100\s+100\s+100\s+500\s+2,500", text)  # target, achieved, done, goodput, tok/s
+    # target, scheduled, achieved, done, goodput, tok/s
+    assert re.search(r"rate-150\s+150\s+150\s+100\s+100\s+100\s+500\s+2,500", text)
     assert "INVALID rate-150: achieved rate 100 req/s is 66.7% of the scheduled 150 req/s" in text
     assert "INVALID rate-100" not in text
     assert "Prompts: synthetic words, n=20" in text

@@ -4,6 +4,7 @@ every record received is kept, errors are classified by kind, and the exit code 
 from __future__ import annotations
 
 import json
+import time
 
 import orjson
 import pytest
@@ -94,3 +95,32 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, capsys):
                "--no-live", "--out-dir", str(tmp_path)])
     assert rc == 3 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was run, so no run directory was left behind
+
+
+def test_results_that_cannot_be_written_stop_the_load_and_exit_6(tmp_path):
+    """A full disk, played by a file-size limit on the loadgen process (Python ignores SIGXFSZ, so a write past
+    the limit fails with EFBIG like ENOSPC would): the load stops within a second, one line, exit 6, and
+    ``loadgen report`` still reads what was kept."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    with FaultyTriton("ok", tokens=4) as srv:
+        t = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "loadgen", "run", "--url", srv.url, "--model", "m", "--rate",
+                               "100", "--duration", "30", "--output-tokens", "4", "--no-live", "--out-dir",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120, preexec_fn=limit)
+        elapsed = time.monotonic() - t
+    assert proc.returncode == 6, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot write the records" in err[0] and "loadgen report" in err[0], err
+    assert elapsed < 25  # stopped long before the 30 s schedule ended
+    (rd,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    kept = (rd / "records.jsonl").read_bytes().splitlines()
+    assert 10 < len(kept) < 3000
+    report = subprocess.run([sys.executable, "-m", "loadgen", "report", str(rd)], capture_output=True, text=True,
+                            timeout=60)
+    assert report.returncode == 0, report.stderr

@@ -84,5 +84,5 @@ def test_api_key_never_reaches_the_run_directory(tmp_path, monkeypatch):
     for f in rd.iterdir():
         assert secret not in f.read_text(errors="replace"), f.name
     config = json.loads((rd / "config.json").read_text())
-    assert config["settings"]["headers"]["Authorization"] == "<redacted>"
-    assert config["settings"]["headers"]["X-Api-Key"] == "<redacted>"
+    assert config["scenario"]["target"]["headers"] == ["X-Api-Key: <redacted>"]  # named, never its value
+    assert "api_key" not in config["scenario"]["target"]

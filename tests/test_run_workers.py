@@ -23,9 +23,10 @@ import pytest
 
 from loadgen.cli import main
 from loadgen.core.arrivals import ArrivalSpec, build_offsets
-from loadgen.runner.cli import configure, settings_from_args
+from loadgen.run_cli import configure
 from loadgen.runner.loop import LoopOutcome, LoopSettings
 from loadgen.runner.workers import WorkerLink, merge_clients, merge_outcomes, share
+from loadgen.scenario.load import scenario_from_args
 from tests.fake_servers import FaultyTriton
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
@@ -97,7 +98,7 @@ def test_bad_worker_counts_get_one_line(argv, needle):
     args = p.parse_args(["--url", "http://127.0.0.1:1", "--requests", "10", *argv]
                         + ([] if "--concurrency" in argv else ["--rate", "5"]))
     with pytest.raises(UsageError, match=needle.replace("-", r"\-")):
-        settings_from_args(args)
+        scenario_from_args(args)
 
 
 # -- against the real Triton server ------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_closed_loop_shares_users_and_count(embedded_server, tmp_path):
 
 @pytest.mark.integration
 def test_trace_replay_stripes_add_up_to_the_replay(embedded_server, tmp_path):
-    from loadgen.traces.replay import workload_for
+    from loadgen.level.plan import plan_level
 
     argv = ["run", "--url", embedded_server.http_url, "--trace", str(TRACE), "--window", "0:40s", "--speedup", "4",
             "--max-output-tokens", "6", "--max-input-tokens", "64", "--seed", "2", "--no-live",
@@ -159,7 +160,7 @@ def test_trace_replay_stripes_add_up_to_the_replay(embedded_server, tmp_path):
 
     p = argparse.ArgumentParser()
     configure(p)
-    planned = workload_for(settings_from_args(p.parse_args(argv[1:]))).offsets
+    planned = plan_level(scenario_from_args(p.parse_args(argv[1:]))[0]).offsets
     assert len(planned) >= 10
     assert main([*argv, "--workers", "3"]) == 0
     recs = [r for rs in worker_records(only_run_dir(tmp_path)).values() for r in rs]

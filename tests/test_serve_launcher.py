@@ -172,7 +172,7 @@ def test_server_that_never_gets_ready_times_out(tmp_path: Path) -> None:
 
 
 def test_cli_wrong_use_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["serve", "--model", "gpt-5"]) == 2
+    assert cli_main(["serve", "--server-model", "gpt-5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("loadgen serve: error: unknown model profile 'gpt-5'")
     assert cli_main(["serve", "--out", "x"]) == 2
@@ -229,8 +229,9 @@ def test_port_race_retry_and_clean_shutdown(server_factory, monkeypatch: pytest.
     tree = server.process_tree()
     regions = _shm_regions(tree, server.shm_prefix)
     workdir = server.workdir
-    assert len(tree) == 2 and len(regions) == 1 and workdir.is_dir()
-    assert Path("/dev/shm", regions[0]).exists()
+    # the server, the replica's stub and the stub of the one-response sibling (<model>_infer), each stub with its region
+    assert len(tree) == 3 and len(regions) == 2 and workdir.is_dir()
+    assert all(Path("/dev/shm", r).exists() for r in regions)
     server.stop()
     assert not server.running and server.returncode is not None
     assert _wait_gone(tree, 1.0) == []
@@ -254,7 +255,7 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
     try:
         line = child.stdout.readline()
         tree = [int(p) for p in line.split()]
-        assert len(tree) == 2 and all(is_triton_process(p) for p in tree), line
+        assert len(tree) == 3 and all(is_triton_process(p) for p in tree), line  # server, replica, _infer sibling
     finally:
         child.kill()  # SIGKILL: no Python cleanup runs; only the kernel's parent-death signal can stop the server
         child.wait()
@@ -263,7 +264,7 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
 
 def test_cli_serve_runs_until_interrupted() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "serve", "--model", "opt-125m", "--max-batch", "8", "--speed", "0.2",
+        [sys.executable, "-m", "loadgen", "serve", "--server-model", "opt-125m", "--server-max-batch", "8", "--server-speed", "0.2",
          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[1]),
     )

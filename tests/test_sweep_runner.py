@@ -23,7 +23,7 @@ from loadgen.sweep.runner import SweepRunner
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--server-model", "opt-125m", "--max-batch", "8", "--speed", "0.2", "--input-tokens", "16",
+TINY = ["--server-model", "opt-125m", "--server-max-batch", "8", "--server-speed", "0.2", "--input-tokens", "16",
         "--output-tokens", "24", "--no-plots"]
 
 
@@ -79,11 +79,10 @@ def test_early_stop_once_the_server_cannot_keep_up(server_factory, tmp_path):
     at 400 req/s it completes far fewer than asked, so the series stops there and 800 req/s is skipped."""
     server = server_factory(replicas=1, max_batch=1, speed=1.0)
     spec = spec_from_mapping({
-        "sweep": {"input_tokens": "16", "output_tokens": "12", "arrival": "constant", "power": "triton",
-                  "idle_seconds": "0.2"},
-        "server": {"kind": "external", "endpoints": [{"label": "b1", "url": server.http_url,
-                                                       "metrics_url": server.metrics_url}]},
-        "load": {"rates": [15, 400, 800], "requests": 32},
+        "workload": {"input_tokens": "16", "output_tokens": "12"}, "load": {"arrival": "constant", "requests": 32},
+        "power": {"source": "triton", "idle": "0.2"},
+        "sweep": {"kind": "external", "rates": [15, 400, 800],
+                  "endpoints": [{"label": "b1", "url": server.http_url, "metrics_url": server.metrics_url}]},
     })
     console = Console(file=open(os.devnull, "w"), width=160)
     runner = SweepRunner(spec, tmp_path / "sw", console)
@@ -106,8 +105,8 @@ def test_early_stop_once_the_server_cannot_keep_up(server_factory, tmp_path):
 
 
 def test_a_configuration_that_cannot_start_fails_alone(tmp_path):
-    spec = spec_from_mapping({"server": {"kind": "external", "endpoints": [
-        {"label": "gone", "url": "http://127.0.0.1:9"}]}, "load": {"concurrencies": [1], "requests": 2}})
+    spec = spec_from_mapping({"sweep": {"kind": "external", "concurrencies": [1], "endpoints": [
+        {"label": "gone", "url": "http://127.0.0.1:9"}]}, "load": {"requests": 2}})
     console = Console(file=open(os.devnull, "w"))
     runner = SweepRunner(spec, tmp_path / "sw", console)
     assert runner.run() == 3
@@ -119,10 +118,9 @@ def test_a_configuration_that_cannot_start_fails_alone(tmp_path):
 
 def test_offline_point_sends_everything_at_once(embedded_server, tmp_path):
     spec = spec_from_mapping({
-        "sweep": {"input_tokens": "16", "output_tokens": "24"},
-        "server": {"kind": "external", "endpoints": [{"label": "fixture", "url": embedded_server.http_url,
-                                                       "metrics_url": embedded_server.metrics_url}]},
-        "load": {"offline": 40}})
+        "workload": {"input_tokens": "16", "output_tokens": "24"},
+        "sweep": {"kind": "external", "offline": 40, "endpoints": [
+            {"label": "fixture", "url": embedded_server.http_url, "metrics_url": embedded_server.metrics_url}]}})
     runner = SweepRunner(spec, tmp_path / "sw", Console(file=open(os.devnull, "w")))
     assert runner.run() == 0
     summary = json.loads((tmp_path / "sw" / "points" / "fixture--offline-40" / "summary.json").read_text())
@@ -135,12 +133,12 @@ def test_offline_point_sends_everything_at_once(embedded_server, tmp_path):
 
 
 def test_sharegpt_lengths_are_sent_exactly():
-    from loadgen.core.prompts import PromptBuilder
-    from loadgen.sweep.point import LengthsSource, sharegpt_lengths
+    from loadgen.level.plan import sharegpt_source
+    from loadgen.scenario.check import build
 
-    inp, out = sharegpt_lengths(300, seed=0, profile="opt-1.3b")
+    src = sharegpt_source(build({"server": {"model": "opt-1.3b"}}), 300, prebuild=5)
+    inp, out = src.inputs, src.outputs
     assert abs(inp.mean() - 111) < 1 and abs(out.mean() - 292) < 1 and (inp + out).max() <= 2048
-    src = LengthsSource(inp, out, PromptBuilder(seed=0), min_tokens=True, prebuild=5)
     for i in (0, 4, 5, 299, 300):
         spec = src.spec(i)
         assert (spec.input_tokens, spec.max_tokens, spec.min_tokens) == (inp[i % 300], out[i % 300], out[i % 300])
@@ -152,13 +150,12 @@ def test_restart_command_per_configuration(tmp_path):
     from loadgen.serve.launcher import free_port
 
     port = free_port()
-    cmd = (f"exec {sys.executable} -m loadgen serve --model opt-125m --max-batch {{max_batch}} --speed 0.2 "
-           f"--http-port {port} --grpc-port 0 --metrics-port 0")
+    cmd = (f"exec {sys.executable} -m loadgen serve --server-model opt-125m --server-max-batch {{max_batch}} "
+           f"--server-speed 0.2 --http-port {port} --grpc-port 0 --metrics-port 0")
     spec = spec_from_mapping({
-        "sweep": {"input_tokens": "16", "output_tokens": "12"},
-        "server": {"kind": "command", "command": cmd, "url": f"http://127.0.0.1:{port}", "max_batch": [2, 8],
-                   "ready_timeout": "60s"},
-        "load": {"concurrencies": [8], "requests": 32}})
+        "workload": {"input_tokens": "16", "output_tokens": "12"}, "load": {"requests": 32},
+        "target": {"url": f"http://127.0.0.1:{port}"}, "server": {"max_batch": [2, 8]},
+        "sweep": {"kind": "command", "command": cmd, "ready_timeout": "60s", "concurrencies": [8]}})
     runner = SweepRunner(spec, tmp_path / "sw", Console(file=open(os.devnull, "w")))
     assert runner.run() == 0
     rows = {r["config"]: r for r in load_sweep(tmp_path / "sw")[1]}
@@ -166,7 +163,7 @@ def test_restart_command_per_configuration(tmp_path):
     assert rows["1x8"]["throughput"] > 1.5 * rows["1x2"]["throughput"]  # the command really changed the batch
     logs = sorted(p.name for p in (tmp_path / "sw" / "servers").iterdir())
     assert logs == ["1x2.log", "1x8.log"]
-    assert "--max-batch 8 " in (tmp_path / "sw" / "servers" / "1x8.log").read_text()
+    assert "--server-max-batch 8 " in (tmp_path / "sw" / "servers" / "1x8.log").read_text()
     deadline = time.monotonic() + 10
     while _listening(port) and time.monotonic() < deadline:  # the last server was stopped
         time.sleep(0.1)

@@ -93,7 +93,7 @@ def test_synthetic_arrival_model_run(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--trace", str(CONV), "--rate", "5"], "--rate does not apply to --trace"),
     (["--rate", "5", "--duration", "1", "--speedup", "2"], "--speedup applies to trace replay"),
-    (["--trace", str(ROOT / "nope.csv")], "no trace file"),
+    (["--trace", str(ROOT / "nope.csv")], "--trace: no file at"),
     (["--trace", str(CONV), "--window", "99999:10"], "no trace rows"),
     (["--trace", str(CONV), "--trace-buckets", "spread"], "not in 3 s buckets"),
     (["--trace", "azure-code-2024-week"], "loadgen traces fetch azure-code-2024-week"),

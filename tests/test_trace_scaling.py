@@ -60,7 +60,7 @@ def test_speedup_and_window(conv):
 
 
 def _seconds(text, flag):
-    from loadgen.runner.settings import parse_seconds
+    from loadgen.core.units import parse_seconds
 
     return parse_seconds(text, flag)
 

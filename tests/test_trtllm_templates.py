@@ -146,7 +146,7 @@ def test_engine_dir_without_engine(dirs: dict[str, Path]) -> None:
 
 def test_cli_prints_the_command(dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli_main(["serve", "--trtllm-engine", str(dirs["engine"]), "--tokenizer-dir", str(dirs["tok"]),
-                   "--out", str(dirs["out"]), "--max-batch", "96", "--instances", "2", "--http-port", "8500",
+                   "--out", str(dirs["out"]), "--server-max-batch", "96", "--instances", "2", "--http-port", "8500",
                    "--max-tokens-in-paged-kv-cache", "200000", "--print-command"])
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and out[0].startswith("loadgen serve: wrote TensorRT-LLM model repository")

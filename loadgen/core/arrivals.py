@@ -27,6 +27,7 @@ import numpy as np
 from loadgen.errors import UsageError
 
 KINDS = ("poisson", "gamma", "constant", "closed")
+COUNT_MODES = ("exact", "random")
 OPEN_KINDS = ("poisson", "gamma", "constant")
 
 MAX_RATE = 1e6  # requests/s; beyond this the number is a typo, not a load level
@@ -35,6 +36,14 @@ MAX_SCHEDULE = 100_000_000  # requests held in one schedule (800 MB of int64 off
 BLOCK = 65_536  # gaps drawn per block: bounds the float temporaries whatever the run length
 
 _NS = 1_000_000_000
+SYNTHETIC_PREFIXES = ("piecewise", "diurnal", "trace-rate", "mmpp")  # loadgen.traces.synthetic builds these
+
+
+def is_synthetic(arrival: str | None) -> bool:
+    """True for the synthetic arrival forms of ``loadgen.traces.synthetic`` (``kind:params``)."""
+    if not arrival or ":" not in str(arrival):
+        return False
+    return str(arrival).split(":", 1)[0].strip().lower() in SYNTHETIC_PREFIXES
 
 
 def _is_int(value: Any) -> bool:
@@ -52,6 +61,7 @@ class ArrivalSpec:
     duration_s: float | None = None  # stop scheduling at this offset (None = unbounded)
     max_requests: int | None = None  # stop after this many requests (None = unbounded)
     seed: int = 0
+    count: str = "exact"  # with a duration: exactly round(rate x duration) arrivals ("random": the free process)
 
     @property
     def is_open_loop(self) -> bool:
@@ -70,6 +80,8 @@ class ArrivalSpec:
         self._validate_bounds()
         if not _is_int(self.seed) or self.seed < 0:
             raise UsageError(f"--seed: {self.seed!r} is not a non-negative integer")
+        if self.count not in COUNT_MODES:
+            raise UsageError(f"--arrival-count {self.count!r}: choose exact or random")
         return self
 
     def _validate_rate(self) -> None:
@@ -141,7 +153,7 @@ class ArrivalSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArrivalSpec:
-        known = {"kind", "rate", "cv", "concurrency", "duration_s", "max_requests", "seed"}
+        known = {"kind", "rate", "cv", "concurrency", "duration_s", "max_requests", "seed", "count"}
         unknown = set(d) - known
         if unknown:
             raise UsageError(f"arrival: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -164,7 +176,11 @@ def _gap_sampler(spec: ArrivalSpec, rng: np.random.Generator):
 def build_offsets(spec: ArrivalSpec) -> np.ndarray:
     """Sorted int64 nanosecond offsets from t0 for every request of an open-loop spec.
 
-    Truncated at ``duration_s`` (offsets strictly before it) and at ``max_requests``. The same spec always gives
+    With ``count = "exact"`` (the default) and a duration, the schedule has exactly ``round(rate x duration)``
+    requests (at most ``max_requests``): a user who asks for 8 req/s for 30 s gets 240, not a count that varies by
+    about its square root. The arrivals are the process conditioned on that count (``_exact_count_offsets``), so
+    Poisson arrivals stay Poisson. Otherwise (``count = "random"``, or a count bound alone) the free process is
+    truncated at ``duration_s`` (offsets strictly before it) and at ``max_requests``: the same spec always gives
     the same array, and a longer bound gives an array that starts with the shorter one's offsets (the gaps come
     from one seeded stream, drawn in fixed-size blocks). Closed-loop specs have no schedule: requests go out when
     a user's previous request ends, so asking for one is a programming error.
@@ -176,6 +192,10 @@ def build_offsets(spec: ArrivalSpec) -> np.ndarray:
     limit_ns = spec.duration_s * _NS if spec.duration_s is not None else math.inf
     if spec.kind == "constant":
         return _constant_offsets(spec.rate, limit_n, limit_ns)  # type: ignore[arg-type]
+    if spec.count == "exact" and spec.duration_s is not None:
+        n = round(spec.rate * spec.duration_s)  # type: ignore[operator]
+        if n <= limit_n:
+            return _exact_count_offsets(spec, n, limit_ns)
     draw = _gap_sampler(spec, np.random.Generator(np.random.PCG64(spec.seed)))
     blocks: list[np.ndarray] = []
     produced = 0
@@ -192,6 +212,34 @@ def build_offsets(spec: ArrivalSpec) -> np.ndarray:
         if keep < size:
             break
     return np.concatenate(blocks) if blocks else np.empty(0, dtype=np.int64)
+
+
+def _exact_count_offsets(spec: ArrivalSpec, n: int, limit_ns: float) -> np.ndarray:
+    """``n`` arrivals in ``[0, limit_ns)``: the process conditioned on its (n+1)-th arrival falling at the end.
+
+    With n + 1 gaps G drawn from the process and S their sum, the arrivals are ``cumsum(G[:n]) / S * limit``.
+    For Poisson (exponential gaps) these are exactly the order statistics of n uniform times: a Poisson process
+    conditioned on n arrivals in the window. For gamma gaps the same construction keeps the gaps' shape (their
+    coefficient of variation) while fixing the count. Two passes over one seeded stream, in blocks, so memory
+    stays bounded whatever n is.
+    """
+    if n <= 0:
+        return np.empty(0, dtype=np.int64)
+    total = 0.0
+    draw = _gap_sampler(spec, np.random.Generator(np.random.PCG64(spec.seed)))
+    for start in range(0, n + 1, BLOCK):
+        total += float(draw(min(BLOCK, n + 1 - start)).sum())
+    scale = limit_ns / total
+    draw = _gap_sampler(spec, np.random.Generator(np.random.PCG64(spec.seed)))
+    out = np.empty(n, dtype=np.int64)
+    carry = 0.0
+    for start in range(0, n, BLOCK):
+        size = min(BLOCK, n - start)
+        times = np.cumsum(draw(size))
+        times += carry
+        carry = float(times[-1])
+        out[start:start + size] = np.minimum(np.rint(times * scale), math.ceil(limit_ns) - 1).astype(np.int64)
+    return out
 
 
 def _constant_offsets(rate: float, limit_n: int, limit_ns: float) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -22,21 +21,13 @@ import numpy as np
 from gevent.socket import wait_read
 
 from loadgen.core.clock import MonotonicClock, TimerFd, set_timer_slack_ns, timerfd_available
-from loadgen.core.records import ERR_PROTOCOL, STATUS_DROPPED, STATUS_ERROR, RequestRecord
+from loadgen.core.issue import DROP, SEND_LATE, IssueOutcome, IssuePolicy, dropped_record, fail_unexpected
+from loadgen.core.records import RequestRecord
 
 _now = time.perf_counter_ns
 
 
-@dataclass
-class DispatchOutcome:
-    issue_end_ns: int  # when issuing stopped, relative to t0
-    end_ns: int  # when the last request finished (or was cancelled), relative to t0
-    issued: int
-    dropped: int
-    late: int  # issued later than the late tolerance after their deadline
-    cancelled: int
-    interrupted: bool  # stopped before the schedule was done
-
+DispatchOutcome = IssueOutcome  # the one outcome type of every driver (loadgen.core.issue)
 
 TIMER_LEAD_NS = MonotonicClock.timer_lead_ns  # the timerfd fires this long before the deadline (see clock.py)
 COARSE_MARGIN_NS = 2_000_000  # with a timerfd: the hub's own timer (about 1 ms coarse) until this long before
@@ -102,11 +93,7 @@ def run_request(backend: Any, source: Any, index: int, scheduled_ns: int, t0: in
     except (gevent.GreenletExit, KeyboardInterrupt):
         raise
     except Exception as err:  # a codec or transport bug must not lose the record or stop the run
-        if rec.issued_ns is None:
-            rec.issued_ns = _now() - t0
-        rec.end_ns = _now() - t0
-        rec.status, rec.error_kind = STATUS_ERROR, ERR_PROTOCOL
-        rec.error = f"{type(err).__name__}: {err}"[:500]
+        fail_unexpected(rec, err, _now() - t0)
     finally:
         on_done(rec)
     return rec
@@ -125,8 +112,7 @@ class OpenLoopDispatcher:
         self.offsets = offsets_ns
         self.indices = indices
         self.t0 = t0_ns
-        self.drop = on_late == "drop"
-        self.tolerance = late_tolerance_ns
+        self.policy = IssuePolicy.of(on_late, late_tolerance_ns)
         self.sem = gevent.lock.BoundedSemaphore(concurrency) if concurrency else None
         self.drain_timeout_s = drain_timeout_s
         self.worker = worker
@@ -145,10 +131,7 @@ class OpenLoopDispatcher:
         self.on_done(rec)
 
     def _record_dropped(self, index: int, offset: int, late_ns: int) -> None:
-        spec = self.source.spec(index)
-        rec = RequestRecord(index=index, scheduled_ns=offset, status=STATUS_DROPPED,
-                            error=f"not issued: {late_ns / 1e6:.1f} ms late (--on-late drop)",
-                            input_tokens=spec.input_tokens, max_tokens=spec.max_tokens, worker=self.worker)
+        rec = dropped_record(self.source.spec(index), offset, late_ns, self.worker)
         self.dropped += 1
         self.on_done(rec)
 
@@ -162,6 +145,7 @@ class OpenLoopDispatcher:
 
     def run(self) -> DispatchOutcome:
         t0, offsets, sem, stop = self.t0, self.offsets, self.sem, self.stop_event
+        policy = self.policy
         for i in self.indices:
             if stop.is_set():
                 break
@@ -171,17 +155,18 @@ class OpenLoopDispatcher:
             if _now() < deadline and not sleep_until(deadline, stop):
                 break
             if sem is not None:
-                if sem.locked() and self.drop:
+                if sem.locked() and policy.drop_when_full():
                     self._record_dropped(index, off, _now() - deadline)
                     continue
                 sem.acquire()
             late = _now() - deadline
-            if late > self.tolerance:
-                if self.drop:
-                    if sem is not None:
-                        sem.release()
-                    self._record_dropped(index, off, late)
-                    continue
+            decision = policy.decide(late)
+            if decision == DROP:
+                if sem is not None:
+                    sem.release()
+                self._record_dropped(index, off, late)
+                continue
+            if decision == SEND_LATE:
                 self.late += 1
             self._launch(index, off)
         issue_end = _now() - t0
@@ -193,5 +178,5 @@ class OpenLoopDispatcher:
         cancelled = len(self._live)
         if self._live:
             gevent.killall(list(self._live), block=True, timeout=10)
-        return DispatchOutcome(issue_end, _now() - t0, self.issued, self.dropped, self.late, cancelled,
-                               stop.is_set())
+        return IssueOutcome(t0, issue_end, _now() - t0, self.issued, self.dropped, self.late, cancelled,
+                            stop.is_set())

@@ -1,52 +1,22 @@
-"""What a Locust level is made of, built the way ``loadgen run`` builds it: the workload (request source and
-schedule), the ``LevelContext`` of its summary, and the summary's client block from the nodes' last messages."""
+"""What a Locust level adds to the shared pipeline (``loadgen.level``): a closed loop's think time in the summary's
+``LevelContext``, and the summary's client block from the nodes' last messages. The plan (schedule and request
+source) is ``loadgen.level.plan.plan_level``'s, the same as ``loadgen run``'s."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-from loadgen.errors import UsageError
-from loadgen.locust.args import Scenario
+from loadgen.locust.args import LocustLevel
 
 
-def build_workload(scenario: Scenario) -> dict[str, Any]:
-    """The request source and (open loop) the whole schedule, built exactly as ``loadgen run`` builds them."""
-    from loadgen.core.arrivals import build_offsets
-    from loadgen.runner.run import build_arrival, build_source
-    from loadgen.traces.replay import workload_for
+def locust_context(level: LocustLevel, plan: Any, url: str, name: str) -> Any:
+    """``loadgen.level.plan.level_context``, plus a closed loop's think time in its arrival (the users' waiting
+    is part of how requests arrive)."""
+    from loadgen.level.plan import level_context
 
-    s = scenario.settings
-    if scenario.mode == "closed":
-        return {"source": build_source(s), "offsets": None, "replay": None}
-    replay = workload_for(s)
-    if replay is not None:
-        return {"source": replay.source, "offsets": replay.offsets, "replay": replay}
-    offsets = build_offsets(build_arrival(s))
-    if len(offsets) == 0:
-        raise UsageError("the schedule is empty: --duration is too short for --rate (no arrival fell inside it)")
-    return {"source": build_source(s), "offsets": offsets, "replay": None}
-
-
-def level_context(scenario: Scenario, url: str, workload: dict[str, Any], name: str) -> Any:
-    from loadgen.core.prompts import PromptBuilder
-    from loadgen.core.slo import parse_slo
-    from loadgen.core.summary import LevelContext
-    from loadgen.runner.run import build_arrival
-
-    s = scenario.settings
-    replay = workload["replay"]
-    arrival = replay.arrival if replay is not None else asdict(build_arrival(s))
-    if scenario.mode == "closed":
-        arrival = {**arrival, "think_time_s": scenario.think_time_s, "think_dist": scenario.think_dist}
-    ctx = LevelContext(name=name, backend=s.backend, url=url, model=s.model,
-                       target_rate=replay.target_rate if replay is not None else s.rate, concurrency=s.concurrency,
-                       arrival=arrival, warmup_s=s.warmup_s, warmup_requests=s.warmup_requests,
-                       cooldown_s=s.cooldown_s, slo=parse_slo(s.slo_text) if s.slo_text else {},
-                       prompt_method=PromptBuilder(tokenizer=s.tokenizer, seed=s.seed).method, on_late=s.on_late,
-                       late_threshold_ms=s.late_tolerance_s * 1e3)
-    if replay is not None:
-        ctx.open_loop, ctx.extra = True, dict(replay.extra)
+    ctx = level_context(level.scenario, plan, url, name)
+    if level.mode == "closed":
+        ctx.arrival = {**ctx.arrival, "think_time_s": level.think_time_s, "think_dist": level.think_dist}
     return ctx
 
 

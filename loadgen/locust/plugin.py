@@ -1,7 +1,8 @@
 """``install()``: what a locustfile calls once to plug the loadgen core into Locust.
 
 It registers the scenario arguments, creates each process's ``LocustSession`` at ``init`` (with the web UI
-additions and the custom messages of distributed runs) and routes Locust's events to it. Several scenario files
+additions and the custom messages of distributed runs), answers ``--print-scenario`` and checks a headless level
+there (before Locust starts anything), and routes Locust's events to it. Several scenario files
 call it (``locust -f scenarios/`` imports them all); only the first call registers anything.
 """
 
@@ -59,12 +60,32 @@ def _on_init(environment: Any, **_: Any) -> None:
 
         web.install(environment.web_ui, session)
     opts = environment.parsed_options
-    if session.role != "worker" and opts is not None and (opts.headless or opts.autostart):
-        try:  # fail before Locust starts anything: one line and the error's exit code
-            session.validate_form(opts)
-        except LoadgenError as err:
-            sys.stderr.write(f"loadgen: error: {err}\n")
-            sys.exit(err.exit_code)
+    if session.role != "worker" and opts is not None:
+        _check_at_start(session, opts)
+
+
+def _check_at_start(session: Any, opts: Any) -> None:
+    """Before Locust starts anything: ``--print-scenario`` (print and exit 0), and in a headless or autostarted
+    run the whole level checked (one line and the error's exit code on a bad value). A closed loop's users come
+    from the scenario when ``-u`` is not given, so Locust spawns that many (all at once unless ``-r`` says)."""
+    try:
+        if getattr(opts, "print_scenario", False):
+            from loadgen.scenario.load import scenario_toml
+
+            level = session.validate_form(opts, check_paths=False)
+            sys.stdout.write(scenario_toml(level.scenario))
+            sys.stdout.flush()
+            sys.exit(0)
+        if opts.headless or opts.autostart:
+            level = session.validate_form(opts)
+            session.use_only(level.user_class)
+            if level.mode == "closed" and opts.num_users is None:
+                opts.num_users = level.users
+                if opts.spawn_rate is None:
+                    opts.spawn_rate = level.users
+    except LoadgenError as err:
+        sys.stderr.write(f"loadgen: error: {err}\n")
+        sys.exit(err.exit_code)
 
 
 def _stop_worker(session: Any) -> None:

@@ -1,19 +1,24 @@
 """One Locust process's part in a load level: plan it (master or local runner), run a stripe (local runner or
 worker), merge the statistics and write the run directory (master or local runner).
 
+A level goes through the shared pipeline's steps (``loadgen.level``): ``plan_level`` (schedule and request source),
+the target (``start_embedded``/``url_of``), ``config.json`` from ``base_config`` (the same ``scenario`` object as
+``loadgen run`` writes), and ``settle_config``/``write_results``/``judge`` at the end. Only the waiting and the
+summary's source differ: the exact summary from every records file, or the merged histograms when the master
+cannot read the workers' records.
+
 Distributed runs: at ``test_start`` the master probes the target, creates the run directory, builds the schedule
 (to validate it and to know its rate) and puts a *plan* in ``parsed_options`` (Locust copies custom options into
-every spawn message): the run directory, the target URL, a wall-clock t0 a little ahead, and each connected
-worker's stripe number. Each worker rebuilds the same schedule from the same options and seed, keeps request
-indices ``i % n == stripe`` (``offsets_for_stripe``), converts t0 to its own monotonic clock and issues its
-stripe at the absolute deadlines. So the union of the stripes is exactly the planned arrival process, with no
+every spawn message): the resolved scenario, the run directory, the target URL, a wall-clock t0 a little ahead,
+and each connected worker's stripe number. Each worker rebuilds the same schedule from the same scenario and
+seed, keeps request indices ``i % n == stripe`` (``offsets_for_stripe``), converts t0 to its own monotonic clock
+and issues its stripe at the absolute deadlines. So the union of the stripes is exactly the planned arrival process, with no
 coordination during the run. Workers write their own records file, send histogram deltas with Locust's stats
 reports and a last delta with a ``loadgen_done`` message; the master ends the test when every stripe is done.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -28,11 +33,21 @@ from locust.exception import StopUser
 from loadgen.core.histogram import LogHistogram
 from loadgen.core.records import STATUS_ERROR, STATUS_OK, RequestRecord
 from loadgen.errors import LoadgenError, UsageError
+from loadgen.level.target import start_embedded, url_of
 from loadgen.locust import report as lreport
-from loadgen.locust.args import MODES, Scenario, scenario_from_options
+from loadgen.locust.args import (
+    MODES,
+    LocustLevel,
+    class_for_file,
+    file_choice,
+    level_from_wire,
+    level_to_wire,
+    scenario_from_options,
+)
 from loadgen.locust.dispatch import DispatchOutcome, OpenLoopDispatcher, run_request, sleep_until
-from loadgen.locust.level import build_workload, client_block, level_context
+from loadgen.locust.level import client_block, locust_context
 from loadgen.locust.stats import LLMStats, MeasureWindow, NodeStats
+from loadgen.scenario.model import Scenario
 
 log = logging.getLogger("loadgen.locust")
 DONE_MESSAGE = "loadgen_done"
@@ -79,21 +94,39 @@ class LocustSession:
         return next(self._user_numbers)
 
     # -- choosing and validating -----------------------------------------------------------------------------
-    def pick_class(self, names: list[str] | None = None) -> type:
+    def pick_class(self, names: list[str] | None = None, options: Any = None) -> type:
+        """The one scenario class selected; with several (none named) and ``--scenario FILE``, the one matching
+        the file's backend and mode."""
         env = self.environment
         if names:
             classes = [env.available_user_classes[n] for n in names if n in (env.available_user_classes or {})]
         else:
             classes = list(env.user_classes)
         llm = [c for c in classes if getattr(c, "mode", None) in MODES]
+        if len(llm) > 1:
+            choice = file_choice(self.options if options is None else options)
+            if choice is not None:
+                return class_for_file(llm, *choice)
         if len(llm) != 1:
             listed = ", ".join(sorted(c.__name__ for c in llm)) or "none"
             raise UsageError(f"pick exactly one scenario class (selected: {listed}); e.g. `locust -f scenarios/ "
                              "TritonHttpPoisson`, or --class-picker in the web UI")
         return llm[0]
 
-    def validate_form(self, options: Any, names: list[str] | None = None) -> Scenario:
-        return scenario_from_options(options, self.pick_class(names), getattr(options, "num_users", None))
+    def validate_form(self, options: Any, names: list[str] | None = None, *, check_paths: bool = True
+                      ) -> LocustLevel:
+        """The level the options describe (one line naming the flag otherwise), before anything starts."""
+        return scenario_from_options(options, self.pick_class(names, options), getattr(options, "num_users", None),
+                                     check_paths=check_paths)
+
+    def use_only(self, class_name: str) -> None:
+        """Spawn users of the level's class only. Why: with the class picked from ``--scenario FILE`` every class
+        is still selected, and Locust would share the users out among them (a closed loop's concurrency too).
+        Effective before Locust's dispatcher exists: at init, or at a local runner's test start."""
+        env = self.environment
+        chosen = [c for c in env.user_classes if c.__name__ == class_name]
+        if chosen and len(env.user_classes) > 1:
+            env.user_classes = chosen
 
     def _fail(self, err: LoadgenError) -> None:
         """One clear line, the error's exit code, and the test stopped."""
@@ -115,44 +148,44 @@ class LocustSession:
         except LoadgenError as err:
             self._fail(err)
 
-    def _target(self, scenario: Scenario) -> str:
-        s = scenario.settings
-        if s.url:
-            return s.url
+    def _target(self, sc: Scenario) -> str:
+        """The URL given (-H or the file's), else the embedded server's, started once per process."""
+        if sc.target.url:
+            return sc.target.url
         if self.server is None:
-            from loadgen.serve.launcher import EmbeddedServer, ServerConfig
+            self.server = start_embedded(sc, lambda text: log.info("loadgen: no --host; %s", text))
+        return url_of(self.server, sc.target.backend)
 
-            log.info("loadgen: no --host; starting the embedded Triton server (%s on emulated %s)",
-                     s.server_model, s.server_gpu)
-            self.server = EmbeddedServer(ServerConfig(model_name=s.model, profile=s.server_model, gpu=s.server_gpu,
-                                                      replicas=s.server_replicas, max_batch=s.server_max_batch,
-                                                      speed=s.server_speed))
-            self.server.start()
-        return self.server.grpc_url if s.backend == "triton-grpc" else self.server.http_url
-
-    def _plan_level(self) -> None:
+    def _probe(self, sc: Scenario, url: str) -> tuple[Any, dict[str, Any]]:
+        """A started backend and the probe's answers; a target that cannot be used is one line (exit code 3)."""
         from loadgen.locust.backends import make_backend
-        from loadgen.runner.rundir import make_run_dir, write_json
+        from loadgen.scenario.backend import backend_options
 
-        opts = self.options
-        cls = self.pick_class()
-        scenario = scenario_from_options(opts, cls, getattr(opts, "num_users", None))
-        s = scenario.settings
-        url = self._target(scenario)
-        workload = build_workload(scenario)
-        backend = make_backend(s, url)
+        backend = make_backend(sc.target.backend, backend_options(sc, url))
         backend.start()
         try:
-            info = backend.probe()
+            return backend, backend.probe()
         except LoadgenError:
             backend.close()
             raise
-        name = s.name or f"locust-{s.default_name()}"
-        run_dir = make_run_dir(Path(s.out_dir), name)
-        ctx = level_context(scenario, url, workload, name)
+
+    def _plan_level(self) -> None:
+        """Master or local runner: check, plan, probe, create the run directory and config.json, then start
+        (the local node) or hand the plan to the workers (with the next spawn message)."""
+        from loadgen.level.plan import plan_level
+        from loadgen.level.rundir import make_run_dir
+
+        level = self.validate_form(self.options)
+        self.use_only(level.user_class)
+        sc = level.scenario
+        level_plan = plan_level(sc)  # the schedule before anything starts: an impossible level fails here
+        url = self._target(sc)
+        backend, info = self._probe(sc, url)
+        name = sc.results.name or f"locust-{sc.default_name()}"
+        run_dir = make_run_dir(Path(sc.results.out_dir), name)
         self.stats = LLMStats()
         self.run_dir, self.summary = run_dir, None
-        self.seed, self.think_time_s, self.think_dist = s.seed, scenario.think_time_s, scenario.think_dist
+        self.seed, self.think_time_s, self.think_dist = sc.load.seed, level.think_time_s, level.think_dist
         if self.role == "master":
             runner = self.environment.runner
             nodes = sorted(n.id for n in runner.clients.ready + runner.clients.running + runner.clients.spawning)
@@ -162,24 +195,36 @@ class LocustSession:
         else:
             stripes = {"local": 0}
         # duration_s: resolved here, since it may come from --run-time, which Locust does not send to workers
-        plan = {"run_dir": str(run_dir), "url": url, "user_class": cls.__name__, "users": scenario.users,
-                "duration_s": s.duration_s,
-                "t0_wall_ns": time.time_ns() + int(DISTRIBUTED_LEAD_S * 1e9), "stripes": stripes,
-                "n": len(stripes)}
-        ctx.extra = {**ctx.extra, "locust": {**scenario.public_dict(), "role": self.role, "workers": len(stripes),
-                                             "plan": {k: v for k, v in plan.items() if k != "stripes"}}}
-        config = {"front_end": "locust", "settings": s.public_dict(), "url": url, "server_info": info,
-                  "embedded_server": self.server.describe() if self.server is not None else None,
-                  "level_context": asdict(ctx)}
-        write_json(run_dir / "config.json", config)
-        self._level = {"scenario": scenario, "ctx": ctx, "config": config, "plan": plan, "workload": workload,
+        plan = {"run_dir": str(run_dir), "url": url, "user_class": level.user_class, "users": level.users,
+                "duration_s": sc.load.duration, "t0_wall_ns": time.time_ns() + int(DISTRIBUTED_LEAD_S * 1e9),
+                "stripes": stripes, "n": len(stripes), "level": level_to_wire(level)}
+        ctx = locust_context(level, level_plan, url, name)
+        ctx.extra["locust"] = {**level.public_dict(), "role": self.role, "workers": len(stripes),
+                               "plan": {k: v for k, v in plan.items() if k not in ("stripes", "level")}}
+        config = self._write_config(level, url, ctx, info, run_dir)
+        self._level = {"level": level, "ctx": ctx, "config": config, "plan": plan, "level_plan": level_plan,
                        "dones": {}, "finalized": False, "ending": False, "stop_sent": False}
-        log.info("loadgen: %s -> %s (%s, model %s); run directory %s", cls.__name__, url, s.backend, s.model, run_dir)
+        log.info("loadgen: %s -> %s (%s, model %s); run directory %s", level.user_class, url, sc.target.backend,
+                 sc.target.model, run_dir)
+        for line in level_plan.describe:
+            log.info("loadgen: %s", line)
         if self.role == "master":
             self.options.loadgen_plan = plan
             self._level["ticker"] = gevent.spawn(self._tick_loop, None)
         else:
-            self._start_node(plan, 0, scenario, workload, backend)
+            self._start_node(plan, 0, level, level_plan, backend)
+
+    def _write_config(self, level: LocustLevel, url: str, ctx: Any, info: dict[str, Any], run_dir: Path
+                      ) -> dict[str, Any]:
+        """config.json: the pipeline's common keys (``scenario`` as ``loadgen run`` writes it), plus Locust's."""
+        from loadgen.level.pipeline import LevelOptions, base_config
+        from loadgen.level.rundir import write_json
+
+        opts = LevelOptions(front_end="locust", config_extra={"event_loop": "gevent"})
+        config = base_config(level.scenario, opts, url, self.server, ctx)
+        config["server_info"] = info
+        write_json(run_dir / "config.json", config)
+        return config
 
     def _start_worker(self) -> None:
         plan = getattr(self.options, "loadgen_plan", None)
@@ -191,66 +236,58 @@ class LocustSession:
         if stripe is None:
             log.warning("loadgen: this worker joined after the level was planned; it sends nothing this level")
             return
-        cls = self.environment.available_user_classes.get(plan["user_class"]) if \
-            self.environment.available_user_classes else None
-        cls = cls or next((c for c in self.environment.user_classes if c.__name__ == plan["user_class"]), None)
-        if cls is None:
-            raise UsageError(f"this worker has no user class {plan['user_class']}; give it the same locustfiles")
-        opts = self.options
-        if plan.get("duration_s") and not str(getattr(opts, "duration", "") or "").strip():
-            opts = copy.copy(opts)
-            opts.duration = f"{plan['duration_s']!r}s"
-        scenario = scenario_from_options(opts, cls, plan.get("users"))
-        scenario.settings.url = plan["url"]
-        self.seed, self.think_time_s, self.think_dist = (scenario.settings.seed, scenario.think_time_s,
-                                                         scenario.think_dist)
+        from loadgen.level.plan import plan_level
+
+        level = level_from_wire(plan["level"], self.options)  # exactly the master's scenario: the same schedule
+        self.seed, self.think_time_s, self.think_dist = level.scenario.load.seed, level.think_time_s, level.think_dist
         self.run_dir = Path(plan["run_dir"])
-        self._level = {"scenario": scenario, "plan": plan, "dones": {}, "finalized": False, "ending": False}
-        self._start_node(plan, stripe, scenario, build_workload(scenario), None)
+        self._level = {"level": level, "plan": plan, "dones": {}, "finalized": False, "ending": False}
+        self._start_node(plan, stripe, level, plan_level(level.scenario), None)
 
     # -- a node: the local runner or a worker --------------------------------------------------------------
-    def _start_node(self, plan: dict, stripe: int, scenario: Scenario, workload: dict, backend: Any) -> None:
+    def _start_node(self, plan: dict, stripe: int, level: LocustLevel, level_plan: Any, backend: Any) -> None:
         from loadgen.core.arrivals import offsets_for_stripe
         from loadgen.core.slo import parse_slo
-        from loadgen.locust.backends import make_backend
-        from loadgen.runner.recorder import Recorder
+        from loadgen.level.recorder import Recorder
 
         lv = self._level
         assert lv is not None
-        s = scenario.settings
+        sc = level.scenario
         if backend is None:
-            backend = make_backend(s, plan["url"])
-            backend.start()
-            backend.probe()
+            backend, _ = self._probe(sc, plan["url"])
         run_dir = Path(plan["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / ("records.jsonl" if self.role == "local" else f"records.w{stripe}.jsonl")
-        offsets = workload["offsets"]
-        cool_ns = int(s.cooldown_s * 1e9)
+        offsets = level_plan.offsets
+        cool_ns = int(sc.load.cooldown * 1e9)
         sched_end = float(offsets[-1] - cool_ns) if offsets is not None and cool_ns else math.inf
-        window = MeasureWindow(s.warmup_requests, s.warmup_s, sched_end, s.late_tolerance_s * 1e9)
+        window = MeasureWindow(sc.warmup_requests, sc.warmup_s, sched_end, sc.load.late_tolerance * 1e9)
+        slo = parse_slo(sc.results.slo) if sc.results.slo else None
         n = plan["n"]
-        lv.update(backend=backend, source=workload["source"], stripe=stripe, n=n, records=path,
-                  recorder=Recorder(path), node=NodeStats(window, parse_slo(s.slo_text) if s.slo_text else None),
-                  node_done=False, cpu0=time.process_time(), wall0=time.perf_counter(), hub_lag=LogHistogram(),
-                  inflight=0, exhausted=False, closed_k=itertools.count(), issued=0)
+        lv.update(backend=backend, source=level_plan.source, stripe=stripe, n=n, records=path,
+                  recorder=Recorder(path), node=NodeStats(window, slo), node_done=False, cpu0=time.process_time(),
+                  wall0=time.perf_counter(), hub_lag=LogHistogram(), inflight=0, exhausted=False,
+                  closed_k=itertools.count(), issued=0)
         lv["flusher"] = gevent.spawn(self._flush_loop, lv)
         lv["lag_monitor"] = gevent.spawn(self._hub_lag_loop, lv)
         if self.role == "local":
-            lv["t0"] = time.perf_counter_ns() + (LOCAL_LEAD_NS if scenario.mode != "closed" else 0)
+            lv["t0"] = time.perf_counter_ns() + (LOCAL_LEAD_NS if level.mode != "closed" else 0)
             lv["ticker"] = gevent.spawn(self._tick_loop, lv)
         else:
             lv["t0"] = time.perf_counter_ns() + (plan["t0_wall_ns"] - time.time_ns())
-        if scenario.mode == "closed":
-            m = s.max_requests
+        if level.mode == "closed":
+            m, duration = sc.load.requests, sc.load.duration
             lv["closed_limit"] = None if m is None else max(0, -(-(m - stripe) // n))
-            lv["closed_end"] = lv["t0"] + int(s.duration_s * 1e9) if s.duration_s else None
+            lv["closed_end"] = lv["t0"] + int(duration * 1e9) if duration else None
             return
         indices, _ = offsets_for_stripe(offsets, stripe, n)
+        cap = sc.load.concurrency  # the level's in-flight cap, shared out as loadgen run --workers does
+        if cap:
+            cap = max(1, cap // n + (1 if stripe < cap % n else 0))
         lv["dispatcher"] = OpenLoopDispatcher(
-            backend, workload["source"], self._on_record, offsets, indices, lv["t0"], on_late=s.on_late,
-            late_tolerance_ns=int(s.late_tolerance_s * 1e9), concurrency=s.concurrency,
-            drain_timeout_s=s.drain_timeout_s, worker=stripe)
+            backend, level_plan.source, self._on_record, offsets, indices, lv["t0"], on_late=sc.load.on_late,
+            late_tolerance_ns=int(sc.load.late_tolerance * 1e9), concurrency=cap,
+            drain_timeout_s=sc.limits.drain_timeout, worker=stripe)
         lv["dispatch_greenlet"] = gevent.spawn(self._dispatch, lv)
 
     def _dispatch(self, lv: dict) -> None:
@@ -305,7 +342,7 @@ class LocustSession:
 
     def _closed_outcome(self, lv: dict, interrupted: bool) -> DispatchOutcome:
         now = time.perf_counter_ns() - lv["t0"]
-        return DispatchOutcome(now, now, lv["issued"], 0, 0, lv["inflight"], interrupted)
+        return DispatchOutcome(lv["t0"], now, now, lv["issued"], 0, 0, lv["inflight"], interrupted)
 
     def _flush_loop(self, lv: dict) -> None:
         while not lv["node_done"]:
@@ -417,33 +454,30 @@ class LocustSession:
             log.warning("loadgen: %d worker(s) sent no final message; their last stats are missing", missing)
 
     def _finalize(self, lv: dict) -> None:
+        """The pipeline's finish (``loadgen.level.finish``), with the summary from every records file when the
+        master can read them all, else from the merged histograms; then Locust's own files and the verdict."""
         from rich.console import Console
 
-        from loadgen.core.slo import evaluate, parse_fail_on
-        from loadgen.report import render_report, report_text
-        from loadgen.runner.rundir import write_json
+        from loadgen.level.finish import judge, settle_config, write_results
+        from loadgen.report import render_report
 
         lv["finalized"] = True
         if lv.get("ticker") is not None:
             lv["ticker"].kill(block=False)
         self.stats.tick()
-        ctx, config, run_dir = lv["ctx"], lv["config"], Path(lv["plan"]["run_dir"])
+        ctx, run_dir = lv["ctx"], Path(lv["plan"]["run_dir"])
         dones = list(lv["dones"].values())
-        if dones:
-            ctx.run_end_ns = max(d["outcome"]["issue_end_ns"] for d in dones)
-        ctx.client = client_block(dones, lv["plan"]["n"])
-        config["level_context"] = asdict(ctx)
-        write_json(run_dir / "config.json", config)
+        run_end = max(d["outcome"]["issue_end_ns"] for d in dones) if dones else None
+        settle_config(run_dir, ctx, lv["config"], run_end, client_block(dones, lv["plan"]["n"]))
         files = [Path(d["records"]) for d in dones]
         readable = len(dones) == lv["plan"]["n"] and all(lreport.count_lines(f) >= d["written"]
                                                           for f, d in zip(files, dones, strict=True))
         if readable:
             summary = lreport.exact_summary(files, ctx)
         else:
-            summary = lreport.histogram_summary(self.stats, ctx, lv["workload"]["offsets"])
+            summary = lreport.histogram_summary(self.stats, ctx, lv["level_plan"].offsets)
         self.summary = summary
-        write_json(run_dir / "summary.json", summary)
-        (run_dir / "report.txt").write_text(report_text([summary]))
+        write_results(run_dir, summary, lv["level_plan"].describe)
         lreport.write_stats_csv(run_dir / "llm_stats.csv", self.stats)
         lreport.write_history_json(run_dir / "llm_history.json", self.stats)
         prefix = getattr(self.options, "csv_prefix", None)
@@ -455,12 +489,7 @@ class LocustSession:
         how = "exact, from every records file" if readable else \
             "from the merged histograms; copy the workers' records.w*.jsonl here and run `loadgen report`"
         console.print(f"run directory: {run_dir} (summary {how})")
-        fail_on = lv["scenario"].settings.fail_on_text
-        if fail_on:
-            failed = [(c, a) for c, a, ok in evaluate(parse_fail_on(fail_on), summary) if not ok]
-            if failed:
-                log.error("loadgen: --fail-on missed: %s", ", ".join(f"{c.text} (got {a})" for c, a in failed))
-                self.environment.process_exit_code = 4
+        judge(lv["level"].scenario.results.fail_on, summary)  # ThresholdFailed: exit code 4 (on_test_stop)
 
     def on_quitting(self) -> None:
         html_file = getattr(self.options, "html_file", None)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from loadgen.core.units import parse_seconds
 from loadgen.errors import UsageError
-from loadgen.runner.settings import parse_seconds
 
 EPILOG = """\
 sources:
@@ -81,10 +81,10 @@ def execute(args: argparse.Namespace) -> int:
 
 def analyze(run_dir: Path) -> int:
     """Recompute ``summary["energy"]`` of a run directory from power.jsonl and redraw power.png."""
+    from loadgen.level.rundir import write_json
     from loadgen.power.energy import energy_for_summary, load_power_file
     from loadgen.power.monitor import POWER_FILE, POWER_PLOT
     from loadgen.power.plot import write_power_plot
-    from loadgen.runner.rundir import write_json
 
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.json"
     for path in (config_path, run_dir / POWER_FILE):

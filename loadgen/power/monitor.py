@@ -35,16 +35,23 @@ def default_metrics_url(url: str | None) -> str | None:
     return f"http://{host}:8002/metrics" if host else None
 
 
+def check_power(spec: str, interval_s: float, gpus: str | None, idle_s: float) -> tuple[str, str | None]:
+    """The power flags, checked before anything starts: (source name, its URL argument)."""
+    name, url_arg = split_spec(spec)
+    if not 0 < interval_s <= 60:
+        raise UsageError(f"--power-interval {interval_s:g} s: use more than 0 and at most 60 s (default 0.1 s)")
+    if not 0 <= idle_s <= 600:
+        raise UsageError(f"--idle-seconds {idle_s:g}: use 0 (no idle measurement) to 600")
+    parse_gpu_list(gpus)
+    return name, url_arg
+
+
 class PowerMonitor:
     """One side-car for one run directory; see the module docstring."""
 
     def __init__(self, spec: str, interval_s: float = 0.1, gpus: str | None = None, idle_s: float = 5.0,
                  console: Any = None) -> None:
-        self.name, self.url_arg = split_spec(spec)
-        if not 0 < interval_s <= 60:
-            raise UsageError(f"--power-interval {interval_s:g} s: use more than 0 and at most 60 s (default 0.1 s)")
-        if not 0 <= idle_s <= 600:
-            raise UsageError(f"--idle-seconds {idle_s:g}: use 0 (no idle measurement) to 600")
+        self.name, self.url_arg = check_power(spec, interval_s, gpus, idle_s)
         self.spec = spec
         self.interval_s = interval_s
         self.gpus = parse_gpu_list(gpus)
@@ -190,9 +197,9 @@ class PowerMonitor:
         }
 
 
-def power_monitor(settings: Any, console: Any = None) -> PowerMonitor | None:
-    """The monitor asked for by ``--power`` (None for ``none`` or no flag); checks the power flags."""
-    spec = getattr(settings, "power", None) or "none"
+def power_monitor(power: Any, console: Any = None) -> PowerMonitor | None:
+    """The monitor asked for by a scenario's ``power`` section (None for ``--power none``)."""
+    spec = power.source or "none"
     if split_spec(spec)[0] == "none":
         return None
-    return PowerMonitor(spec, settings.power_interval_s, settings.power_gpus, settings.idle_s, console)
+    return PowerMonitor(spec, power.interval, power.gpus, power.idle, console)

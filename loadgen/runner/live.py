@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from typing import Any
 
 from loadgen.core.histogram import LogHistogram
 from loadgen.core.records import STATUS_DROPPED, STATUS_ERROR, STATUS_OK, RequestRecord
@@ -25,6 +26,11 @@ class LiveStats:
         self.ttft = LogHistogram()
         self.loop_lag = LogHistogram()
         self._rate_ring: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self._observers: list[Any] = []
+
+    def add_observer(self, observer: Any) -> None:
+        """``observer(rec)`` is called for every finished record after the figures are updated."""
+        self._observers.append(observer)
 
     @property
     def in_flight(self) -> int:
@@ -47,6 +53,8 @@ class LiveStats:
         ftn = rec.first_token_ns
         if ftn is not None and rec.issued_ns is not None and rec.status == STATUS_OK:
             self.ttft.record(max(1, ftn - rec.issued_ns))
+        for observer in self._observers:
+            observer(rec)
 
     def recent_rate(self) -> float:
         """Issued requests per second over the last ~5 s of samples."""

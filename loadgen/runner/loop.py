@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.codecs.backend import Backend
 from loadgen.core.clock import Clock
-from loadgen.core.records import STATUS_DROPPED, RequestRecord
+from loadgen.core.issue import DROP, SEND_LATE, IssueOutcome, IssuePolicy, dropped_record, fail_unexpected
+from loadgen.core.records import RequestRecord
+from loadgen.level.recorder import Recorder
 from loadgen.runner.live import LiveStats
-from loadgen.runner.recorder import Recorder
 
 
 @dataclass
@@ -42,20 +44,11 @@ class LoopSettings:
     t0_ns: int | None = None  # a t0 shared by several worker processes (monotonic ns); None: start_lead_ns from now
 
 
-@dataclass
-class LoopOutcome:
-    t0_ns: int
-    issue_end_ns: int  # when issuing stopped, relative to t0
-    end_ns: int  # when the last request finished (or was cancelled), relative to t0
-    issued: int
-    dropped: int
-    late: int  # issued later than late_tolerance_ns after their deadline
-    cancelled: int
-    interrupted: bool
+LoopOutcome = IssueOutcome  # the one outcome type of every driver (loadgen.core.issue)
 
 
 class LoadLoop:
-    def __init__(self, backend: Any, source: Any, recorder: Recorder, clock: Clock, settings: LoopSettings,
+    def __init__(self, backend: Backend, source: Any, recorder: Recorder, clock: Clock, settings: LoopSettings,
                  stats: LiveStats | None = None) -> None:
         self.backend = backend
         self.source = source
@@ -80,17 +73,17 @@ class LoadLoop:
                             max_tokens=spec.max_tokens, worker=self.s.worker)
         try:
             await self.backend.send(spec, rec, t0)
+        except Exception as err:  # a codec or transport bug must not lose the record or stop the run
+            fail_unexpected(rec, err, self.clock.now_ns() - t0)
         finally:
             self.recorder.add(rec)
             self.stats.on_done(rec)
             if self._sem is not None:
                 self._sem.release()
 
-    def _record_dropped(self, index: int, scheduled_ns: int, now_rel: int) -> None:
-        spec = self.source.spec(index)
-        rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, status=STATUS_DROPPED,
-                            error=f"not issued: {(now_rel - scheduled_ns) / 1e6:.1f} ms late (--on-late drop)",
-                            input_tokens=spec.input_tokens, max_tokens=spec.max_tokens, worker=self.s.worker)
+    def _record_dropped(self, index: int, scheduled_ns: int, now_rel: int, spec: Any = None) -> None:
+        spec = spec if spec is not None else self.source.spec(index)
+        rec = dropped_record(spec, scheduled_ns, now_rel - scheduled_ns, self.s.worker)
         self.recorder.add(rec)
         self.stats.on_done(rec)
         self._dropped += 1
@@ -108,8 +101,8 @@ class LoadLoop:
         assert offsets is not None
         indices = s.stripe if s.stripe is not None else range(len(offsets))
         clock = self.clock
-        drop = s.on_late == "drop"
-        tol = s.late_tolerance_ns
+        policy = IssuePolicy.of(s.on_late, s.late_tolerance_ns)
+        decide = policy.decide
         sem = self._sem
         stop = self.stop_event
         for i in indices:
@@ -123,17 +116,18 @@ class LoadLoop:
                 spec = self.source.spec(int(i))
                 await clock.sleep_until(deadline)
             if sem is not None:
-                if sem.locked() and drop:
-                    self._record_dropped(int(i), off, clock.now_ns() - t0)
+                if sem.locked() and policy.drop_when_full():
+                    self._record_dropped(int(i), off, clock.now_ns() - t0, spec)
                     continue
                 await sem.acquire()
             late = clock.now_ns() - deadline
-            if late > tol:
-                if drop:
-                    if sem is not None:
-                        sem.release()
-                    self._record_dropped(int(i), off, late + off)
-                    continue
+            decision = decide(late)
+            if decision == DROP:
+                if sem is not None:
+                    sem.release()
+                self._record_dropped(int(i), off, late + off, spec)
+                continue
+            if decision == SEND_LATE:
                 self._late += 1
             self._launch(int(i), off, t0, spec)
 

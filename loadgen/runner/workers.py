@@ -48,13 +48,16 @@ from loadgen.core.arrivals import offsets_for_stripe
 from loadgen.core.clock import wall_anchor
 from loadgen.core.histogram import LogHistogram
 from loadgen.errors import LoadgenError
+from loadgen.level.pipeline import Driven, LevelRun
+from loadgen.runner.driver import drive_level, install_uvloop, probe_target
 from loadgen.runner.live import LiveDisplay, LiveStats
 from loadgen.runner.loop import LoopOutcome, LoopSettings
+from loadgen.scenario.check import MAX_WORKERS
 
 READY_TIMEOUT_S = 300.0  # building a large trace replay in every worker can take a while
 START_LEAD_NS = 300_000_000  # t0 this long after the last worker is ready: the "go" message and a collection
 TICK_S = 0.5
-MAX_WORKERS = 64
+__all__ = ["MAX_WORKERS", "WorkersDriver", "WorkerFailed"]
 
 
 class WorkerFailed(LoadgenError):
@@ -110,18 +113,18 @@ def figures(stats: LiveStats) -> dict[str, Any]:
             "dropped": stats.dropped, "tokens": stats.tokens, "ttft": stats.ttft.to_dict()}
 
 
-def worker_main(conn: Any, settings: Any, url: str, run_dir: str, worker: int, n: int) -> None:
+def worker_main(conn: Any, scenario: dict[str, Any], url: str, run_dir: str, worker: int, n: int) -> None:
     """Run worker ``worker`` of ``n`` in this (fresh) process, reporting over ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
-    from loadgen.runner.run import install_uvloop, run_level_async
-    from loadgen.traces.replay import workload_for
+    from loadgen.level.plan import plan_level
+    from loadgen.scenario.model import Scenario
 
     install_uvloop()
     try:
-        workload = workload_for(settings)
+        sc = Scenario.model_validate(scenario)
+        run = LevelRun(sc, plan_level(sc), url, None, False, lambda info: Path(run_dir))
         link = WorkerLink(conn, worker, n)
-        outcome, client, tripped = asyncio.run(
-            run_level_async(settings, url, lambda info: Path(run_dir), None, workload, part=link))
+        outcome, client, tripped = asyncio.run(drive_level(run, part=link))
         if link.stats is not None:  # the last figures, so the parent's display ends on the totals
             conn.send(("tick", figures(link.stats)))
         conn.send(("done", asdict(outcome), client, tripped))
@@ -213,8 +216,8 @@ class _Worker:
 class WorkerPool:
     """Starts, feeds and stops the worker processes of one level (parent side, inside the parent's event loop)."""
 
-    def __init__(self, settings: Any, url: str, run_dir: Path, n: int) -> None:
-        self.settings = settings
+    def __init__(self, scenario: dict[str, Any], url: str, run_dir: Path, n: int) -> None:
+        self.scenario = scenario
         self.url = url
         self.run_dir = run_dir
         self.n = n
@@ -232,7 +235,7 @@ class WorkerPool:
             finally:
                 child_sock.close()
             parent_end = Connection(parent_sock.detach())
-            parent_end.send(("start", self.settings, self.url, str(self.run_dir), k, self.n))
+            parent_end.send(("start", self.scenario, self.url, str(self.run_dir), k, self.n))
             w = _Worker(k, proc, parent_end)
             self.workers.append(w)
             # One reader thread per pipe, handing each message to the event loop. (Polling the pipe from the
@@ -385,39 +388,39 @@ def merge_clients(clients: list[dict[str, Any]], outcome: LoopOutcome, info: dic
     }
 
 
-async def run_workers_async(s: Any, url: str, prepare_dir: Any, console: Any, workload: Any,
-                            probe: Any) -> tuple[LoopOutcome | None, dict, str | None, LoadgenError | None]:
-    """The parent of ``--workers N``: probe, create the run directory, run the pool, merge what the workers say.
+class WorkersDriver:
+    """``--workers N``: N worker processes, each an asyncio driver of one stripe of the schedule."""
 
-    Returns (outcome, client, tripped, failure): ``failure`` is the error of a worker that failed mid-run (the
-    caller writes the summary first, then raises it).
+    name = "workers"
+
+    def drive(self, run: LevelRun) -> Driven:
+        install_uvloop()
+        return asyncio.run(run_workers_async(run))
+
+
+async def run_workers_async(run: LevelRun) -> Driven:
+    """The parent of ``--workers N``: probe, open the run directory, run the pool, merge what the workers say.
+
+    ``Driven.failure`` is the error of a worker that failed mid-run (the front end writes the summary first,
+    then raises it).
     """
-    info = await probe()
-    run_dir = prepare_dir(info)
-    n = s.workers
-    pool = WorkerPool(s, url, run_dir, n)
+    sc = run.scenario
+    info = await probe_target(sc, run.url)
+    run_dir = run.open_dir(info)
+    n = sc.load.workers
+    pool = WorkerPool(sc.model_dump(), run.url, run_dir, n)
     aloop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         for sig in (signal.SIGINT, signal.SIGTERM):
             aloop.add_signal_handler(sig, pool.on_signal)
     try:
         pool.start()
-        if console is not None:
-            console.print(f"{n} worker processes share the schedule: worker K sends requests K, K+{n}, K+{2 * n}, ...")
+        if run.console is not None:
+            run.console.print(f"{n} worker processes share the schedule: worker K sends requests K, K+{n}, "
+                              f"K+{2 * n}, ...")
         anchor = wall_anchor()
         t0 = await pool.wait_ready()
-        total = len(workload.offsets) if workload is not None and workload.offsets is not None else (
-            sum(w.ready for w in pool.workers) if all(isinstance(w.ready, int) for w in pool.workers)
-            else s.max_requests)
-        target = s.rate if workload is None else workload.target_rate
-        display = LiveDisplay(pool.stats, total=total, duration_s=s.duration_s if s.closed_loop else None,
-                              target_rate=target, console=console, enabled=s.live and console is not None)
-        with display:
-            disp_task = aloop.create_task(display.run())
-            try:
-                await pool.wait_done()
-            finally:
-                disp_task.cancel()
+        await _show_until_done(pool, run)
     except BaseException:
         pool.stop_now()
         raise
@@ -425,6 +428,30 @@ async def run_workers_async(s: Any, url: str, prepare_dir: Any, console: Any, wo
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 aloop.remove_signal_handler(sig)
+    return _merge(pool, run_dir, t0, info, anchor)
+
+
+async def _show_until_done(pool: WorkerPool, run: LevelRun) -> None:
+    sc, plan = run.scenario, run.plan
+    if plan.offsets is not None:
+        total = plan.total
+    elif all(isinstance(w.ready, int) for w in pool.workers):
+        total = sum(int(w.ready) for w in pool.workers)
+    else:
+        total = sc.load.requests
+    display = LiveDisplay(pool.stats, total=total, duration_s=sc.load.duration if sc.closed_loop else None,
+                          target_rate=plan.target_rate, console=run.console,
+                          enabled=run.live and run.console is not None)
+    with display:
+        disp_task = asyncio.get_running_loop().create_task(display.run())
+        try:
+            await pool.wait_done()
+        finally:
+            disp_task.cancel()
+
+
+def _merge(pool: WorkerPool, run_dir: Path, t0: int, info: dict, anchor: dict) -> Driven:
+    n = pool.n
     done = [w for w in pool.workers if w.done is not None]
     bad = pool.failure()
     failure = pool._failure_error(bad, before_start=False) if bad is not None else None
@@ -439,7 +466,7 @@ async def run_workers_async(s: Any, url: str, prepare_dir: Any, console: Any, wo
     if len(done) < n:
         client["workers_failed"] = [w.k for w in pool.workers if w.done is None]
     tripped = next((w.done[2] for w in done if w.done[2]), None)  # type: ignore[index]
-    return outcome, client, tripped, failure
+    return Driven(outcome, client, tripped, failure)
 
 
 if __name__ == "__main__":

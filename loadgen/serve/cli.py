@@ -12,21 +12,18 @@ import argparse
 import signal
 import sys
 import time
+from typing import Any
 
 from loadgen.errors import TargetError, UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    emu = parser.add_argument_group("emulated server (default)")
-    emu.add_argument("--model", default="opt-1.3b", help="emulated model profile (default: %(default)s)")
-    emu.add_argument("--gpu", default="h100-64gb", help="emulated GPU profile (default: %(default)s)")
-    emu.add_argument("--max-batch", type=int, default=256, help="max running batch per replica (default: 256)")
-    emu.add_argument("--replicas", type=int, default=1,
-                     help="engines on the one emulated GPU (Triton instance_group count), each with 1/N of its "
-                          "memory (default: 1)")
-    emu.add_argument("--speed", type=float, default=1.0,
-                     help="emulated GPU speed vs real time; below 1 every step takes 1/speed longer, for machines "
-                          "too small to stream a real GPU's token rate (default: 1)")
+    from loadgen.scenario.flags import add_flags
+
+    # the server part of the scenario: the same flags, defaults and help as loadgen run and loadgen sweep
+    add_flags(parser, sections=["server"], group_titles={"server": "emulated server (default), and the engine "
+                                                                   "size of a TensorRT-LLM repository"})
+    emu = parser.add_argument_group("emulated server, more")
     emu.add_argument("--gpu-memory-fraction", type=float, default=0.9,
                      help="share of GPU memory for weights + KV cache (default: 0.9)")
     emu.add_argument("--model-name", default="ensemble", help="Triton model name clients use (default: ensemble)")
@@ -44,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="also serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions) on this "
                           "port, in front of the Triton model (0 = pick a free one; default: off)")
     net.add_argument("--served-model-name", default=None,
-                     help="model name of the OpenAI-compatible API (default: the --model profile)")
+                     help="model name of the OpenAI-compatible API (default: the --server-model profile)")
     net.add_argument("--workdir", default=None,
                      help="directory for the repository and tritonserver.log, kept after exit (default: a temporary "
                           "one, removed on a clean exit)")
@@ -74,6 +71,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--run", action="store_true", help="run the server command in the foreground")
 
 
+def server_settings(args: argparse.Namespace) -> Any:
+    """The ``[server]`` section of the scenario from the flags given (one-line errors naming the flag)."""
+    from loadgen.scenario.check import build
+    from loadgen.scenario.flags import overlay_from_args
+
+    return build({"server": overlay_from_args(args, sections=["server"]).get("server", {})}).server
+
+
 def execute(args: argparse.Namespace) -> int:
     trt_only = ("tokenizer_dir", "out", "trtllm_models", "docker")
     if args.trtllm_engine is None and (any(getattr(args, k) for k in trt_only) or args.run or args.print_command):
@@ -86,9 +91,10 @@ def execute(args: argparse.Namespace) -> int:
 def _serve_emulated(args: argparse.Namespace) -> int:
     from loadgen.serve.launcher import EmbeddedServer, ServerConfig
 
+    srv = server_settings(args)
     cfg = ServerConfig(
-        model_name=args.model_name, profile=args.model, gpu=args.gpu, max_batch=args.max_batch,
-        replicas=args.replicas, speed=args.speed, gpu_memory_fraction=args.gpu_memory_fraction,
+        model_name=args.model_name, profile=srv.model, gpu=srv.gpu, max_batch=srv.max_batch,
+        replicas=srv.replicas, speed=srv.speed, gpu_memory_fraction=args.gpu_memory_fraction,
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         http_address=args.http_address or args.address, grpc_address=args.grpc_address or args.address,
         metrics_address=args.metrics_address or args.address, metrics_interval_ms=args.metrics_interval_ms,
@@ -142,7 +148,7 @@ def _execute_trtllm(args: argparse.Namespace) -> int:
         raise UsageError(f"--trtllm-engine needs {' and '.join(missing)}")
     opts = TrtllmOptions(
         engine_dir=args.trtllm_engine, tokenizer_dir=args.tokenizer_dir, out=args.out,
-        max_batch=args.max_batch, instances=args.instances,
+        max_batch=server_settings(args).max_batch, instances=args.instances,
         kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
         batch_scheduler_policy=args.batch_scheduler_policy, trtllm_models=args.trtllm_models,
         max_tokens_in_paged_kv_cache=args.max_tokens_in_paged_kv_cache,

@@ -49,11 +49,11 @@ def _load_level(config: dict[str, Any], summary: dict[str, Any]) -> LoadLevel:
     extra = summary.get("extra") or {}
     if isinstance(extra.get("load"), dict):
         return LoadLevel(**extra["load"])
-    s = config.get("settings") or {}
-    if s.get("rate") is not None:
-        return LoadLevel("rate", float(s["rate"]), s.get("max_requests"), s.get("duration_s"))
-    if s.get("concurrency") is not None:
-        return LoadLevel("concurrency", float(s["concurrency"]), s.get("max_requests"), s.get("duration_s"))
+    ld = (config.get("scenario") or {}).get("load") or {}
+    if ld.get("rate") is not None:
+        return LoadLevel("rate", float(ld["rate"]), ld.get("requests"), ld.get("duration"))
+    if ld.get("concurrency") is not None:
+        return LoadLevel("concurrency", float(ld["concurrency"]), ld.get("requests"), ld.get("duration"))
     return LoadLevel("rate", float(summary.get("target_rate_rps") or 0))
 
 
@@ -70,14 +70,16 @@ def run_dir_item(path: Path) -> dict[str, Any]:
     except (OSError, orjson.JSONDecodeError):
         config = {}
     emb = config.get("embedded_server") or {}
-    s = config.get("settings") or {}
+    sc = config.get("scenario") or {}
+    w, ld = sc.get("workload") or {}, sc.get("load") or {}
     speed = float(emb.get("speed") or 1.0) if emb else 1.0
     target = Target(kind="embedded" if emb else "external", label=path.name, backend=summary.get("backend") or "",
                     model=summary.get("model") or "", url=summary.get("url"), profile=emb.get("profile"),
                     gpu=emb.get("gpu"), max_batch=emb.get("max_batch"), replicas=emb.get("replicas"), speed=speed)
     row = point_row(Point(target, _load_level(config, summary)), summary)
-    row["workload"] = {"input_tokens": s.get("input_tokens"), "output_tokens": s.get("output_tokens"),
-                       "lengths": (summary.get("extra") or {}).get("lengths"), "seed": s.get("seed"),
+    row["workload"] = {"input_tokens": w.get("input_tokens"), "output_tokens": w.get("output_tokens"),
+                       "lengths": w.get("lengths") or (summary.get("extra") or {}).get("lengths"),
+                       "seed": ld.get("seed"),
                        "requests": summary.get("measured_requests")}
     return row
 

@@ -1,22 +1,22 @@
 """The sweep spec: load levels x server configurations, from a TOML scenario file and/or ``loadgen sweep`` flags.
 
-Both sources become one nested mapping (the TOML layout; flags overwrite its keys), validated once by
-``spec_from_mapping``, so a scenario file and the equivalent flags give the same sweep. Layout::
+A sweep file is a scenario file (``loadgen.scenario``: the level tables ``[target] [load] [workload] [trace]
+[limits] [results] [power] [server]``, exactly as ``loadgen run --print-scenario`` writes them) plus the sweep's
+own tables. Flags overwrite the file's keys, so a file and the equivalent flags give the same sweep. Layout::
 
-    [sweep]     name, description, backend, model, seed, lengths ("sharegpt" or omitted), input_tokens,
-                output_tokens, arrival, cv, warmup, request_timeout, http_client, power, power_interval,
-                idle_seconds, notes
-    [load]      offline = [N, ...] (all N requests at t=0), rates = [...] (req/s), concurrencies = [...],
-                requests (per rate/concurrency level), duration
-    [stop]      enabled, min_served_ratio, min_achieved_ratio, latency ("e2e_p99<30s"), min_gain
-    [analysis]  latency_metric, knee_factor, saturation_gain, slo, eta = [...], latency_factor = [...], ref_batch
-    [server]    kind = "embedded" | "external" | "command"
-                embedded: profile, gpu, max_batch, replicas, speed (scalars or lists: their cross product)
-                external: [[server.endpoints]] label, url, backend, model, metrics_url
-                command:  command (with {max_batch} {replicas} {label} ... placeholders), url, backend, model,
-                          metrics_url, ready_timeout, ready_path, plus max_batch/replicas lists as for embedded
-                [[server.configs]]: explicit configurations instead of the cross product; each may carry its
-                own label, speed and load (offline/rates/concurrencies/requests/duration)
+    level tables  the base of every point; [server] model, gpu, max_batch, replicas, speed may be lists (their
+                  cross product is the configurations); [load] requests / duration bound each rate or
+                  concurrency level; without a grid the level's own rate or concurrency is the one point
+    [sweep]       name, description, notes, offline = [N, ...] (all N requests at t=0), rates = [...] (req/s),
+                  concurrencies = [...], kind = "embedded" | "external" | "command",
+                  external: [[sweep.endpoints]] label, url, backend, model, metrics_url (or [target] url alone)
+                  command:  command (with {max_batch} {replicas} {label} ... placeholders), metrics_url,
+                            ready_timeout, ready_path; the server listens at [target] url
+                  [[sweep.configs]]: explicit configurations instead of the cross product; each may carry its
+                  own label, server settings (model, gpu, max_batch, replicas, speed) and load
+                  (offline, rates, concurrencies, requests, duration)
+    [stop]        enabled, min_served_ratio, min_achieved_ratio, latency ("e2e_p99<30s"), min_gain
+    [analysis]    latency_metric, knee_factor, saturation_gain, slo, eta = [...], latency_factor = [...], ref_batch
 
 Every unknown key is an error naming the file and the table: a typo must not silently run the default.
 """
@@ -25,31 +25,26 @@ from __future__ import annotations
 
 import itertools
 import re
-import sys
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+from loadgen.core.units import parse_seconds
 from loadgen.errors import UsageError
-from loadgen.runner.settings import parse_seconds
+from loadgen.scenario.model import Scenario
 
 LOAD_KINDS = ("offline", "rate", "concurrency")
 SERVER_KINDS = ("embedded", "external", "command")
 LENGTHS = ("sharegpt",)
 
-_TABLES: dict[str, tuple[str, ...]] = {
-    "sweep": ("name", "description", "backend", "model", "seed", "lengths", "input_tokens", "output_tokens",
-              "arrival", "cv", "warmup", "request_timeout", "http_client", "power", "power_interval",
-              "idle_seconds", "notes"),
-    "load": ("offline", "rates", "concurrencies", "requests", "duration"),
+SWEEP_TABLES: dict[str, tuple[str, ...]] = {
+    "sweep": ("name", "description", "notes", "offline", "rates", "concurrencies", "kind", "endpoints", "command",
+              "metrics_url", "ready_timeout", "ready_path", "configs"),
     "stop": ("enabled", "min_served_ratio", "min_achieved_ratio", "latency", "min_gain"),
     "analysis": ("latency_metric", "knee_factor", "saturation_gain", "slo", "eta", "latency_factor", "ref_batch"),
-    "server": ("kind", "profile", "gpu", "max_batch", "replicas", "speed", "model_name", "endpoints", "command",
-               "url", "backend", "model", "metrics_url", "ready_timeout", "ready_path", "configs"),
 }
+SERVER_GRID = ("model", "gpu", "max_batch", "replicas", "speed")  # [server] keys that may be lists
 _ENDPOINT_KEYS = ("label", "url", "backend", "model", "metrics_url")
-_CONFIG_KEYS = ("label", "profile", "gpu", "max_batch", "replicas", "speed", "url", "backend", "model",
-                "metrics_url", "offline", "rates", "concurrencies", "requests", "duration")
+_CONFIG_KEYS = ("label", *SERVER_GRID, "offline", "rates", "concurrencies", "requests", "duration")
 
 
 # ------------------------------------------------------------------------------------------------ dataclasses
@@ -106,17 +101,12 @@ class Target:
                 "label": self.label, "speed": self.speed}
 
 
-@dataclass(frozen=True)
-class Workload:
-    seed: int = 0
-    lengths: str | None = None  # "sharegpt": seeded ShareGPT-like lengths (the study's), else the size forms
-    input_tokens: str = "128"
-    output_tokens: str = "128"
-    arrival: str = "poisson"
-    cv: float | None = None
-    warmup: str = "0"
-    request_timeout_s: float = 1800.0
-    http_client: str = "fast"
+def workload_facts(base: Scenario) -> dict[str, Any]:
+    """What every point's requests are made of: a resumed sweep reuses a point only when this is unchanged."""
+    return {"seed": base.load.seed, "lengths": base.workload.lengths, "input_tokens": base.workload.input_tokens,
+            "output_tokens": base.workload.output_tokens, "arrival": base.load.arrival, "cv": base.load.cv,
+            "warmup": base.load.warmup, "request_timeout_s": base.limits.request_timeout,
+            "http_client": base.target.http_client}
 
 
 @dataclass(frozen=True)
@@ -146,16 +136,16 @@ class SweepSpec:
     name: str
     targets: list[Target]
     loads: list[LoadLevel]
-    workload: Workload = field(default_factory=Workload)
+    base: Scenario = field(default_factory=Scenario)  # every point's scenario, before its load and server
     stop: StopRule = field(default_factory=StopRule)
     analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     description: str = ""
     notes: tuple[str, ...] = ()
-    power: str = "none"
-    power_interval_s: float = 0.1
-    idle_s: float = 1.0
-    headers: dict[str, str] = field(default_factory=dict)  # never written to disk (API keys)
     source: str = "flags"
+
+    @property
+    def workload(self) -> dict[str, Any]:
+        return workload_facts(self.base)
 
     def points(self) -> list[Point]:
         out = []
@@ -170,8 +160,14 @@ class SweepSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("headers", None)
+        """What sweep.json keeps (never a secret: the base scenario as config.json writes it)."""
+        from loadgen.scenario.load import public_dict
+
+        d = {f: getattr(self, f) for f in ("name", "targets", "loads", "stop", "analysis", "description", "notes",
+                                            "source")}
+        d = {k: [asdict(x) for x in v] if k in ("targets", "loads") else asdict(v)
+             if k in ("stop", "analysis") else v for k, v in d.items()}
+        d["scenario"] = public_dict(self.base)
         return d
 
 
@@ -184,12 +180,12 @@ class Point:
     def id(self) -> str:
         return f"{self.target.slug}--{slug(self.load.label)}"
 
-    def definition(self, workload: Workload) -> dict[str, Any]:
+    def definition(self, workload: dict[str, Any]) -> dict[str, Any]:
         """What a finished point was measured with: a resumed sweep reuses it only when this is unchanged."""
         t = asdict(self.target)
         t.pop("loads", None)
         t.pop("ready_timeout_s", None)
-        return {"target": t, "load": asdict(self.load), "workload": asdict(workload)}
+        return {"target": t, "load": asdict(self.load), "workload": dict(workload)}
 
 
 def slug(text: str) -> str:
@@ -197,25 +193,6 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """The scenario file as a mapping (tomllib on 3.11+, ``tomli`` on 3.10)."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - 3.10 only
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise UsageError("--scenario needs Python 3.11+ or `pip install tomli` on Python 3.10") from None
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as err:
-        raise UsageError(f"--scenario {path}: cannot read ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"--scenario {path}: not valid TOML ({err})") from None
-    return data
-
-
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
     if d is None:
         return {}
@@ -260,106 +237,119 @@ def _seconds(v: Any, where: str) -> float | None:
     return s
 
 
-def parse_loads(d: dict[str, Any], where: str) -> list[LoadLevel]:
-    requests = None if d.get("requests") is None else _num(d["requests"], f"{where}.requests", int, 0)
-    duration = _seconds(d.get("duration"), f"{where}.duration")
+def parse_loads(d: dict[str, Any], where: str, requests: int | None, duration: float | None) -> list[LoadLevel]:
+    """``offline``, ``rates`` and ``concurrencies`` lists; ``requests``/``duration`` bound each rate or
+    concurrency level (a configuration's own values replace the base's)."""
+    if d.get("requests") is not None:
+        requests = _num(d["requests"], f"{where}.requests", int, 0)
+    if d.get("duration") is not None:
+        duration = _seconds(d["duration"], f"{where}.duration")
     out: list[LoadLevel] = []
     for n in _as_list(d.get("offline")):
         out.append(LoadLevel("offline", _num(n, f"{where}.offline", int, 0)))
     for key, kind, typ in (("rates", "rate", float), ("concurrencies", "concurrency", int)):
         values = [_num(v, f"{where}.{key}", typ, 0) for v in _as_list(d.get(key))]
         if values and requests is None and duration is None:
-            raise UsageError(f"{where}: {key} need requests or duration per level (e.g. requests = 200) so each "
-                             "level stops by itself")
+            raise UsageError(f"{where}: {key} need requests or duration per level (--requests N or --duration D; "
+                             "[load] requests = 200) so each level stops by itself")
         out.extend(LoadLevel(kind, float(v), requests, duration) for v in sorted(values))
     return out
 
 
+def _base_load(base: Scenario) -> list[LoadLevel]:
+    """A file without a grid is a one-point sweep: the level's own rate or concurrency."""
+    ld = base.load
+    if ld.rate is not None:
+        return [LoadLevel("rate", float(ld.rate), ld.requests, ld.duration)]
+    if ld.concurrency is not None:
+        return [LoadLevel("concurrency", float(ld.concurrency), ld.requests, ld.duration)]
+    return []
+
+
 def _embedded_label(t: dict[str, Any], varying: set[str]) -> str:
-    """``1x256`` (replicas x max batch), with the profile and GPU when they vary; the speed only when it is all
+    """``1x256`` (replicas x max batch), with the model and GPU when they vary; the speed only when it is all
     that tells two configurations apart."""
-    parts = [t[k] for k in ("profile", "gpu") if k in varying]
+    parts = [t[k] for k in ("model", "gpu") if k in varying]
     parts.append(f"{t['replicas']}x{t['max_batch']}")
     if "speed" in varying:
         parts.append(f"s{t['speed']:g}")
     return " ".join(str(p) for p in parts)
 
 
-def _server_values(srv: dict[str, Any], key: str, default: Any, typ: type, where: str) -> list[Any]:
-    values = _as_list(srv.get(key, default))
-    if typ is str:
-        return [str(v) for v in values]
-    return [_num(v, f"{where}.{key}", typ, 0) for v in values]
+_SERVER_TYPES: dict[str, type] = {"model": str, "gpu": str, "max_batch": int, "replicas": int, "speed": float}
 
 
-def parse_targets(srv: dict[str, Any], sweep: dict[str, Any], where: str) -> list[Target]:
-    kind = str(srv.get("kind", "embedded"))
+def split_server_grid(server: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The ``[server]`` table without its list values (the base's), and those lists (the grid's axes);
+    ``--server-max-batch 16,64`` arrives as text with a comma."""
+    scalars, axes = {}, {}
+    for key, value in (server or {}).items():
+        listed = isinstance(value, (list, tuple)) or (isinstance(value, str) and "," in value
+                                                     and key in SERVER_GRID)
+        if key in SERVER_GRID and listed:
+            axes[key] = _as_list(value)
+        else:
+            scalars[key] = value
+    return scalars, axes
+
+
+def _server_rows(base: Scenario, axes: dict[str, list[Any]], configs: Any, loads_base: tuple[int | None,
+                 float | None], where: str) -> list[tuple[dict[str, Any], Any, tuple[LoadLevel, ...] | None]]:
+    """(server settings, label, own loads) of each configuration: the explicit configs, or the cross product."""
+    defaults = base.server.model_dump()
+    if configs:
+        if not isinstance(configs, list):
+            raise UsageError(f"{where}.configs: expected a list of tables ([[sweep.configs]])")
+        rows = []
+        for i, c in enumerate(configs):
+            w = f"{where}.configs[{i}]"
+            c = _check_keys(c, _CONFIG_KEYS, w)
+            t = {k: _typed(c.get(k, defaults[k]), k, w) for k in SERVER_GRID}
+            own = any(k in c for k in ("offline", "rates", "concurrencies"))
+            loads = tuple(parse_loads(c, w, *loads_base)) if own else None
+            rows.append((t, c.get("label"), loads))
+        return rows
+    grid = {k: [_typed(v, k, f"{where} [server].{k}") for v in axes.get(k, [defaults[k]])] for k in SERVER_GRID}
+    return [(dict(zip(SERVER_GRID, combo, strict=True)), None, None) for combo in itertools.product(*grid.values())]
+
+
+def _typed(v: Any, key: str, where: str) -> Any:
+    typ = _SERVER_TYPES[key]
+    return str(v) if typ is str else _num(v, f"{where}.{key}" if "." not in where else where, typ, 0)
+
+
+def parse_targets(sw: dict[str, Any], axes: dict[str, list[Any]], base: Scenario, where: str) -> list[Target]:
+    backend, model, url = base.target.backend, base.target.model, base.target.url
+    kind = str(sw.get("kind") or ("command" if sw.get("command") else "external" if (sw.get("endpoints") or url)
+                                  else "embedded"))
     if kind not in SERVER_KINDS:
         raise UsageError(f"{where}.kind: {kind!r}; choose one of {', '.join(SERVER_KINDS)}")
-    backend = str(srv.get("backend") or sweep.get("backend") or "triton-http")
-    model = srv.get("model") or sweep.get("model")
     if kind == "external":
-        endpoints = srv.get("endpoints") or []
-        if not endpoints:
-            raise UsageError(f"{where}: kind external needs endpoints (TOML [[server.endpoints]] or --url URL)")
-        out = []
-        for i, e in enumerate(endpoints):
-            e = _check_keys(e, _ENDPOINT_KEYS, f"{where}.endpoints[{i}]")
-            if not e.get("url"):
-                raise UsageError(f"{where}.endpoints[{i}]: url is required")
-            b = str(e.get("backend") or backend)
-            m = e.get("model") or model
-            if m is None:
-                if b.startswith("openai"):
-                    raise UsageError(f"{where}.endpoints[{i}]: model is required for OpenAI-compatible servers")
-                m = "ensemble"
-            out.append(Target("external", str(e.get("label") or e["url"]), b, str(m), str(e["url"]),
-                              e.get("metrics_url")))
-        return out
-    explicit = srv.get("configs")
-    if explicit is not None and not isinstance(explicit, list):
-        raise UsageError(f"{where}.configs: expected a list of tables ([[server.configs]])")
-    defaults = {"profile": "opt-1.3b", "gpu": "h100-64gb", "max_batch": 64, "replicas": 1, "speed": 1.0}
-    if explicit:
-        rows = []
-        for i, c in enumerate(explicit):
-            c = _check_keys(c, _CONFIG_KEYS, f"{where}.configs[{i}]")
-            rows.append((i, c))
-        raw = []
-        for i, c in rows:
-            w = f"{where}.configs[{i}]"
-            t = {k: (c[k] if k in c else srv.get(k, defaults[k])) for k in defaults}
-            t = {"profile": str(t["profile"]), "gpu": str(t["gpu"]), "max_batch": _num(t["max_batch"], w, int, 0),
-                 "replicas": _num(t["replicas"], w, int, 0), "speed": _num(t["speed"], w, float, 0)}
-            loads = parse_loads(c, w) if any(k in c for k in ("offline", "rates", "concurrencies")) else None
-            raw.append((t, c.get("label"), loads))
-    else:
-        grid = {k: _server_values(srv, k, defaults[k], str if k in ("profile", "gpu") else
-                                  (float if k == "speed" else int), where) for k in defaults}
-        raw = [(dict(zip(defaults, combo, strict=True)), None, None) for combo in itertools.product(*grid.values())]
-    varying = {k for k in defaults if len({t[k] for t, _, _ in raw}) > 1}
+        return _external_targets(sw, backend, model, url, where)
+    rows = _server_rows(base, axes, sw.get("configs"), (base.load.requests, base.load.duration), where)
+    varying = {k for k in SERVER_GRID if len({t[k] for t, _, _ in rows}) > 1}
     if "speed" in varying:
-        without = [tuple(t[k] for k in defaults if k != "speed") for t, _, _ in raw]
+        without = [tuple(t[k] for k in SERVER_GRID if k != "speed") for t, _, _ in rows]
         if len(set(without)) == len(without):
             varying.discard("speed")
     out = []
-    for t, label, loads in raw:
-        name = str(label) if label else _embedded_label(t, varying)
-        common = dict(label=name, backend=backend, model=str(model or "ensemble"), profile=t["profile"],
-                      gpu=t["gpu"], max_batch=t["max_batch"], replicas=t["replicas"], speed=t["speed"], loads=loads)
+    for t, label, loads in rows:
+        common = dict(label=str(label) if label else _embedded_label(t, varying), backend=backend,
+                      model=str(model or "ensemble"), profile=t["model"], gpu=t["gpu"], max_batch=t["max_batch"],
+                      replicas=t["replicas"], speed=t["speed"], loads=loads)
         if kind == "embedded":
             if backend.startswith("openai"):
                 raise UsageError(f"{where}: the embedded server speaks Triton; use backend triton-http or triton-grpc")
             out.append(Target("embedded", **common))
         else:
-            if not srv.get("command") or not srv.get("url"):
-                raise UsageError(f"{where}: kind command needs command (the restart command) and url")
+            if not sw.get("command") or not url:
+                raise UsageError(f"{where}: kind command needs command (the restart command) and [target] url "
+                                 "(--url)")
             if model is None and backend.startswith("openai"):
                 raise UsageError(f"{where}: model is required for OpenAI-compatible servers")
-            out.append(Target("command", command=str(srv["command"]), url=str(srv["url"]),
-                              metrics_url=srv.get("metrics_url"),
-                              ready_timeout_s=_seconds(srv.get("ready_timeout", "600s"), f"{where}.ready_timeout")
-                              or 600.0, ready_path=srv.get("ready_path"), **common))
+            out.append(Target("command", command=str(sw["command"]), url=str(url), metrics_url=sw.get("metrics_url"),
+                              ready_timeout_s=_seconds(sw.get("ready_timeout", "600s"), f"{where}.ready_timeout")
+                              or 600.0, ready_path=sw.get("ready_path"), **common))
     _validate(out, where)
     labels = [t.label for t in out]
     if len(set(labels)) != len(labels):
@@ -367,10 +357,32 @@ def parse_targets(srv: dict[str, Any], sweep: dict[str, Any], where: str) -> lis
     return out
 
 
+def _external_targets(sw: dict[str, Any], backend: str, model: str | None, url: str | None,
+                      where: str) -> list[Target]:
+    endpoints = sw.get("endpoints") or ([{"url": url}] if url else [])
+    if not endpoints:
+        raise UsageError(f"{where}: kind external needs endpoints ([[sweep.endpoints]] or --url URL)")
+    out = []
+    for i, e in enumerate(endpoints):
+        e = _check_keys(e, _ENDPOINT_KEYS, f"{where}.endpoints[{i}]")
+        if not e.get("url"):
+            raise UsageError(f"{where}.endpoints[{i}]: url is required")
+        b = str(e.get("backend") or backend)
+        m = e.get("model") or model
+        if m is None or (m == "ensemble" and b.startswith("openai") and not e.get("model")):
+            if b.startswith("openai"):
+                raise UsageError(f"{where}.endpoints[{i}]: model is required for OpenAI-compatible servers")
+            m = "ensemble"
+        out.append(Target("external", str(e.get("label") or e["url"]), b, str(m), str(e["url"]),
+                          e.get("metrics_url") or sw.get("metrics_url")))
+    _validate(out, where)
+    return out
+
+
 def _validate(targets: list[Target], where: str) -> None:
     """Everything a configuration would fail on later (unknown backend, a profile or a max batch the emulated
     GPU cannot hold) fails now, before the first point runs."""
-    from loadgen.runner.backends import BACKENDS
+    from loadgen.codecs.registry import BACKENDS
     from loadgen.serve.repository import EmulatedModelSpec
 
     for t in targets:
@@ -385,89 +397,80 @@ def _validate(targets: list[Target], where: str) -> None:
                 raise UsageError(f"{where} configuration {t.label}: {err}") from None
 
 
-def spec_from_mapping(d: dict[str, Any], source: str = "flags") -> SweepSpec:
-    """Validate the nested mapping (scenario file + flags) into a ``SweepSpec``."""
-    d = _check_keys(d, tuple(_TABLES), source)
-    sw = _check_keys(d.get("sweep"), _TABLES["sweep"], f"{source} [sweep]")
-    ld = _check_keys(d.get("load"), _TABLES["load"], f"{source} [load]")
-    st = _check_keys(d.get("stop"), _TABLES["stop"], f"{source} [stop]")
-    an = _check_keys(d.get("analysis"), _TABLES["analysis"], f"{source} [analysis]")
-    srv = _check_keys(d.get("server"), _TABLES["server"], f"{source} [server]")
-    targets = parse_targets(srv, sw, f"{source} [server]")
-    loads = parse_loads(ld, f"{source} [load]")
-    if not loads and any(t.loads is None for t in targets):
-        raise UsageError(f"{source}: no load levels; give offline = [N], rates = [...] or concurrencies = [...] "
-                         "(flags --offline, --rates, --concurrencies)")
-    lengths = sw.get("lengths")
-    if lengths is not None and lengths not in LENGTHS:
-        raise UsageError(f"{source} [sweep].lengths: {lengths!r}; use one of {', '.join(LENGTHS)} or omit it")
-    from loadgen.core.sizes import parse_size
-
-    for key in ("input_tokens", "output_tokens"):
-        if key in sw:
-            parse_size(str(sw[key]), f"{source} [sweep].{key}")
-    arrival = str(sw.get("arrival", "poisson"))
-    if arrival not in ("poisson", "gamma", "constant"):
-        raise UsageError(f"{source} [sweep].arrival: {arrival!r}; use poisson, gamma or constant")
-    workload = Workload(seed=_num(sw.get("seed", 0), f"{source} [sweep].seed", int, 0, strict=False),
-                        lengths=lengths, input_tokens=str(sw.get("input_tokens", "128")),
-                        output_tokens=str(sw.get("output_tokens", "128")), arrival=arrival,
-                        cv=None if sw.get("cv") is None else _num(sw["cv"], f"{source} [sweep].cv", float, 0),
-                        warmup=str(sw.get("warmup", "0")),
-                        request_timeout_s=_seconds(sw.get("request_timeout", "1800s"),
-                                                   f"{source} [sweep].request_timeout") or 1800.0,
-                        http_client=str(sw.get("http_client", "fast")))
+def _stop_rule(st: dict[str, Any], where: str) -> StopRule:
     stop = StopRule(enabled=bool(st.get("enabled", True)),
-                    min_served_ratio=_num(st.get("min_served_ratio", 0.9), f"{source} [stop].min_served_ratio"),
-                    min_achieved_ratio=_num(st.get("min_achieved_ratio", 0.95),
-                                            f"{source} [stop].min_achieved_ratio"),
+                    min_served_ratio=_num(st.get("min_served_ratio", 0.9), f"{where}.min_served_ratio"),
+                    min_achieved_ratio=_num(st.get("min_achieved_ratio", 0.95), f"{where}.min_achieved_ratio"),
                     latency=st.get("latency"),
-                    min_gain=None if st.get("min_gain") is None else _num(st["min_gain"], f"{source} [stop].min_gain",
+                    min_gain=None if st.get("min_gain") is None else _num(st["min_gain"], f"{where}.min_gain",
                                                                           float, 0, strict=False))
     if stop.latency:
         from loadgen.sweep.analysis import parse_slo_bounds
 
-        parse_slo_bounds(stop.latency, f"{source} [stop].latency (--stop-latency)")
+        parse_slo_bounds(stop.latency, f"{where}.latency (--stop-latency)")
+    return stop
+
+
+def _analysis(an: dict[str, Any], where: str) -> AnalysisOptions:
     analysis = AnalysisOptions(
         latency_metric=str(an.get("latency_metric", "e2e_p99")),
-        knee_factor=_num(an.get("knee_factor", 2.0), f"{source} [analysis].knee_factor", float, 1, strict=False),
-        saturation_gain=_num(an.get("saturation_gain", 0.05), f"{source} [analysis].saturation_gain", float, 0,
-                             strict=False),
+        knee_factor=_num(an.get("knee_factor", 2.0), f"{where}.knee_factor", float, 1, strict=False),
+        saturation_gain=_num(an.get("saturation_gain", 0.05), f"{where}.saturation_gain", float, 0, strict=False),
         slo=an.get("slo"),
-        eta=tuple(_num(v, f"{source} [analysis].eta", float, 0) for v in _as_list(an.get("eta", [0.1, 0.2, 0.3]))),
-        latency_factor=tuple(_num(v, f"{source} [analysis].latency_factor", float, 0)
+        eta=tuple(_num(v, f"{where}.eta", float, 0) for v in _as_list(an.get("eta", [0.1, 0.2, 0.3]))),
+        latency_factor=tuple(_num(v, f"{where}.latency_factor", float, 0)
                              for v in _as_list(an.get("latency_factor", [3, 4, 5]))),
-        ref_batch=_num(an.get("ref_batch", 32), f"{source} [analysis].ref_batch", int, 0))
-    from loadgen.sweep.analysis import metric_key
+        ref_batch=_num(an.get("ref_batch", 32), f"{where}.ref_batch", int, 0))
+    from loadgen.sweep.analysis import metric_key, parse_slo_bounds
 
     metric_key(analysis.latency_metric)  # validates the name
     if analysis.slo:
-        from loadgen.sweep.analysis import parse_slo_bounds
+        parse_slo_bounds(analysis.slo, f"{where}.slo (--advise-slo)")
+    return analysis
 
-        parse_slo_bounds(analysis.slo, f"{source} [analysis].slo (--slo)")
+
+def base_scenario(d: dict[str, Any], source: str, check_paths: bool = False) -> tuple[Scenario, dict[str, list]]:
+    """The scenario every point starts from, and the ``[server]`` grid axes taken out of it."""
+    from loadgen.scenario.check import build, resolve
+    from loadgen.scenario.load import level_tables
+
+    tables = level_tables(d)
+    server, axes = split_server_grid(tables.get("server") or {})
+    tables = {**tables, "server": server}
+    base = build(tables, source)
+    if base.target.url is not None and base.target.backend != "triton-grpc" and "://" not in base.target.url:
+        raise UsageError(f"--url {base.target.url}: expected http(s)://HOST:PORT")
+    return resolve(base, check_paths=check_paths, level=False), axes
+
+
+def spec_from_mapping(d: dict[str, Any], source: str = "flags", check_paths: bool = False) -> SweepSpec:
+    """Validate the nested mapping (scenario file + flags) into a ``SweepSpec``."""
+    from loadgen.scenario.model import SECTIONS
+
+    _check_keys(d, (*SECTIONS, *SWEEP_TABLES), source)
+    sw = _check_keys(d.get("sweep"), SWEEP_TABLES["sweep"], f"{source} [sweep]")
+    st = _check_keys(d.get("stop"), SWEEP_TABLES["stop"], f"{source} [stop]")
+    an = _check_keys(d.get("analysis"), SWEEP_TABLES["analysis"], f"{source} [analysis]")
+    base, axes = base_scenario(d, source, check_paths)
+    targets = parse_targets(sw, axes, base, f"{source} [sweep]")
+    loads = parse_loads(sw, f"{source} [sweep]", base.load.requests, base.load.duration) or _base_load(base)
+    if not loads and any(t.loads is None for t in targets):
+        raise UsageError(f"{source}: no load levels; give offline = [N], rates = [...] or concurrencies = [...] "
+                         "(flags --offline, --rates, --concurrencies), or a level's own --rate or --concurrency")
     notes = sw.get("notes") or []
     spec = SweepSpec(
-        name=str(sw.get("name") or "sweep"), targets=targets, loads=loads, workload=workload, stop=stop,
-        analysis=analysis, description=str(sw.get("description") or ""),
-        notes=tuple(str(n) for n in (notes if isinstance(notes, list) else [notes])),
-        power=str(sw.get("power", "none")),
-        power_interval_s=_seconds(sw.get("power_interval", "100ms"), f"{source} [sweep].power_interval") or 0.1,
-        idle_s=parse_seconds(sw.get("idle_seconds", 1), f"{source} [sweep].idle_seconds"), source=source)
+        name=str(sw.get("name") or base.results.name or "sweep"), targets=targets, loads=loads, base=base,
+        stop=_stop_rule(st, f"{source} [stop]"), analysis=_analysis(an, f"{source} [analysis]"),
+        description=str(sw.get("description") or ""),
+        notes=tuple(str(n) for n in (notes if isinstance(notes, list) else [notes])), source=source)
     spec.points()  # duplicate ids are an error now, not after the first points ran
     return spec
 
 
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``overlay`` (from flags) over ``base`` (the scenario file), table by table."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for table, values in overlay.items():
-        if values:
-            out.setdefault(table, {}).update(values)
-    return out
-
-
 def spec_from_saved(d: dict[str, Any], source: str) -> SweepSpec:
     """The ``SweepSpec`` written to sweep.json (``SweepSpec.to_dict``), read back."""
+    from loadgen.scenario.check import build
+
     try:
         def load(x: dict[str, Any]) -> LoadLevel:
             return LoadLevel(**x)
@@ -482,10 +485,8 @@ def spec_from_saved(d: dict[str, Any], source: str) -> SweepSpec:
             if k in an:
                 an[k] = tuple(an[k])
         return SweepSpec(name=d["name"], targets=targets, loads=[load(x) for x in d["loads"]],
-                         workload=Workload(**d.get("workload") or {}), stop=StopRule(**d.get("stop") or {}),
+                         base=build(d["scenario"], source), stop=StopRule(**d.get("stop") or {}),
                          analysis=AnalysisOptions(**an), description=d.get("description", ""),
-                         notes=tuple(d.get("notes") or ()), power=d.get("power", "none"),
-                         power_interval_s=d.get("power_interval_s", 0.1), idle_s=d.get("idle_s", 1.0),
-                         source=source)
+                         notes=tuple(d.get("notes") or ()), source=source)
     except (KeyError, TypeError) as err:
         raise UsageError(f"{source}: not a sweep.json written by this version of loadgen sweep ({err})") from None

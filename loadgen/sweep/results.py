@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from loadgen.errors import UsageError
-from loadgen.runner.rundir import write_json
+from loadgen.level.rundir import write_json
 from loadgen.sweep.analysis import analyze
 from loadgen.sweep.grid import SweepSpec, spec_from_saved
 from loadgen.sweep.runner import collect_rows

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from loadgen.errors import LoadgenError, UsageError
-from loadgen.runner.rundir import write_json
+from loadgen.level.rundir import write_json
 from loadgen.sweep.grid import Point, SweepSpec, Target
 
 DONE, SKIPPED, FAILED, INTERRUPTED = "done", "skipped", "failed", "interrupted"
@@ -83,7 +83,11 @@ def point_row(point: Point, summary: dict[str, Any], status: str = DONE) -> dict
     row["requests_per_replica"] = watch.get("requests_per_replica")
     rate = extra.get("completion_rate_rps")
     row["completion_rate"] = per_s(rate)
-    row["served_ratio"] = (rate / load.value) if (rate is not None and load.kind == "rate") else None
+    # Judged against what was scheduled, never the nominal target: a schedule that drew fewer requests than
+    # rate x duration is not a server falling behind.
+    scheduled = summary.get("scheduled_rate_rps") or (load.value if load.kind == "rate" else None)
+    row["scheduled_rate"] = per_s(scheduled)
+    row["served_ratio"] = (rate / scheduled) if (rate is not None and scheduled and load.kind == "rate") else None
     jpt = energy.get("joules_per_total_token") if energy else None
     row["j_per_token"] = None if jpt is None else jpt * sp
     row["mean_power_w"] = energy.get("mean_power_w") if energy else None
@@ -104,11 +108,11 @@ def saturation_reason(spec: SweepSpec, point: Point, row: dict[str, Any], previo
     if load.kind == "rate":
         ach = row.get("achieved_ratio")
         if ach is not None and ach < stop.min_achieved_ratio:
-            return f"achieved rate {ach:.0%} of the target (< {stop.min_achieved_ratio:.0%})"
+            return f"the client sent {ach:.0%} of the scheduled requests on time (< {stop.min_achieved_ratio:.0%})"
         served = row.get("served_ratio")
         if served is not None and served < stop.min_served_ratio:
-            return (f"the server completed {served * load.value:.3g} req/s of the {load.value:g} req/s target "
-                    f"({served:.0%} < {stop.min_served_ratio:.0%})")
+            return (f"the server completed {served:.0%} of the scheduled requests per second "
+                    f"(< {stop.min_served_ratio:.0%})")
     if stop.latency:
         from loadgen.sweep.analysis import parse_slo_bounds
 

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -225,15 +224,14 @@ def issue_errors(run_dir: Path, stamps: list[tuple[int, int | None, str]]) -> di
     The headline figures use the kernel's receive stamp (arrival at the server machine) where the platform gives
     one, else the server loop's own stamp; ``user_*`` always use the latter (it adds the server's wake-up delay).
     """
-    from loadgen.runner.settings import RunSettings
-    from loadgen.traces.replay import workload_for
+    from loadgen.level.plan import plan_level
+    from loadgen.scenario.check import build
 
     config = orjson.loads((run_dir / "config.json").read_bytes())
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
-    names = {f.name for f in fields(RunSettings)}
-    s = RunSettings(**{k: v for k, v in config["settings"].items() if k in names})
-    work = workload_for(s)
-    assert work is not None, "not a trace replay"
+    sc = build(config["scenario"], f"{run_dir}/config.json")
+    assert sc.replaying, "not a trace replay"
+    work = plan_level(sc)
     client = summary["client"]
     t0 = int(client["anchor"]["monotonic_ns"]) + int(client["t0_offset_ns"])
     index = {digest(work.source.spec(i).prompt): i for i in range(len(work.offsets))}

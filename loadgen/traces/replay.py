@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from loadgen.errors import UsageError
-from loadgen.traces.runargs import is_synthetic
 
 NS = 1_000_000_000
 
@@ -29,26 +28,19 @@ class Workload:
     describe: list[str] = field(default_factory=list)  # lines for the console and report.txt
 
 
-def workload_for(s: Any) -> Workload | None:
-    """The replay workload of a ``RunSettings``, or None when the run uses the built-in arrival kinds."""
-    if getattr(s, "trace", None):
-        return trace_workload(s)
-    if is_synthetic(s.arrival):
-        return synthetic_workload(s)
-    return None
-
-
 def trace_workload(s: Any) -> Workload:
     from loadgen.core.prompts import PromptBuilder
     from loadgen.core.sizes import parse_size
-    from loadgen.runner.settings import parse_seconds
+    from loadgen.core.units import parse_seconds
     from loadgen.traces.catalog import resolve_trace
     from loadgen.traces.info import TraceStats, stats_of_arrays
     from loadgen.traces.prompts import SharegptPool, TraceRequestSource
     from loadgen.traces.readers import open_trace, parse_where
     from loadgen.traces.scaling import ReplayOptions, build_plan, load_window, parse_window
 
-    t = dict(s.trace)
+    t = s.trace.model_dump()
+    seed, duration_s, max_requests = s.load.seed, s.load.duration, s.load.requests
+    t["bucket_s"] = t.pop("bucket")
     path, defaults = resolve_trace(t["path"])
     reader = open_trace(path, t.get("format") or defaults.get("format"), t.get("columns") or defaults.get("columns"),
                         t.get("time_unit") or defaults.get("time_unit"),
@@ -58,19 +50,19 @@ def trace_workload(s: Any) -> Workload:
                          window_duration_s=dur, buckets=t.get("buckets", "together"), bucket_s=t.get("bucket_s", 3.0),
                          burst_gap=t.get("burst_gap", "auto"), max_input_tokens=t.get("max_input_tokens"),
                          max_output_tokens=t.get("max_output_tokens"), length_mode=t.get("length_mode", "clip"),
-                         max_duration_s=s.duration_s, max_requests=s.max_requests, seed=s.seed).validate()
+                         max_duration_s=duration_s, max_requests=max_requests, seed=seed).validate()
     src = load_window(reader, start, dur)
     plan = build_plan(src, opts)
-    builder = PromptBuilder(tokenizer=s.tokenizer, seed=s.seed)
+    builder = PromptBuilder(tokenizer=s.workload.tokenizer, seed=seed)
     pool = None
     if t.get("prompts"):
-        pool = SharegptPool(t["prompts"].split(":", 1)[1], builder, s.seed, opts.max_input_tokens)
+        pool = SharegptPool(t["prompts"].split(":", 1)[1], builder, seed, opts.max_input_tokens)
     outputs = None
     if t.get("output_tokens"):
         dist = parse_size(t["output_tokens"], "--trace-output-tokens")
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([s.seed, 0x4F55])))
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x4F55])))
         outputs = dist.sample(rng, len(plan)).astype(np.int32)
-    source = TraceRequestSource(plan, builder, s.seed, min_tokens_equal_max=s.min_tokens, sharegpt=pool,
+    source = TraceRequestSource(plan, builder, seed, min_tokens_equal_max=s.target.min_tokens, sharegpt=pool,
                                 output_tokens=outputs)
     ready = source.prebuild()
     # statistics: the trace window as recorded, the schedule as it will be sent, prefix reuse of the replay
@@ -112,7 +104,7 @@ def trace_workload(s: Any) -> Workload:
                        "prefix_reuse": reuse}}
     arrival = {"kind": "trace", "path": reader.path, "format": reader.format, "window": t.get("window"),
                "speedup": opts.speedup, "target_rate": opts.target_rate, "rate_method": facts["rate"]["method"],
-               "buckets": opts.buckets, "seed": s.seed, "duration_s": s.duration_s, "max_requests": s.max_requests}
+               "buckets": opts.buckets, "seed": seed, "duration_s": duration_s, "max_requests": max_requests}
     return Workload(plan.offsets_ns, source, facts["replay_rate_rps"], arrival, extra, describe)
 
 
@@ -122,18 +114,20 @@ def synthetic_workload(s: Any) -> Workload:
     from loadgen.traces.info import stats_of_arrays
     from loadgen.traces.synthetic import build_synthetic
 
-    offsets, facts, _ = build_synthetic(s.arrival, s.rate, s.duration_s, s.max_requests, s.seed)
+    ld, w = s.load, s.workload
+    offsets, facts, _ = build_synthetic(ld.arrival, ld.rate, ld.duration, ld.requests, ld.seed)
     if not len(offsets):
-        raise UsageError(f"--arrival {s.arrival}: the schedule is empty; lengthen --duration or raise the rates")
-    builder = PromptBuilder(tokenizer=s.tokenizer, seed=s.seed)
-    source = RequestSource(parse_size(s.input_tokens, "--input-tokens"), parse_size(s.output_tokens,
-                           "--output-tokens"), builder, seed=s.seed, params={}, min_tokens_equal_max=s.min_tokens)
+        raise UsageError(f"--arrival {ld.arrival}: the schedule is empty; lengthen --duration or raise the rates")
+    builder = PromptBuilder(tokenizer=w.tokenizer, seed=ld.seed)
+    source = RequestSource(parse_size(w.input_tokens, "--input-tokens"), parse_size(w.output_tokens,
+                           "--output-tokens"), builder, seed=ld.seed, params={},
+                           min_tokens_equal_max=s.target.min_tokens)
     zeros = np.zeros(len(offsets), dtype=np.int64)
     facts["schedule_stats"] = stats_of_arrays(offsets, zeros + 1, zeros + 1)
     st = facts["schedule_stats"]
-    describe = [f"synthetic arrivals {s.arrival}" + (f" scaled to a mean of {s.rate:g} req/s" if s.rate else "")
+    describe = [f"synthetic arrivals {ld.arrival}" + (f" scaled to a mean of {ld.rate:g} req/s" if ld.rate else "")
                 + f": {len(offsets)} requests, {st['mean_rate_rps']} req/s, inter-arrival CV {st['interarrival_cv']},"
                 f" dispersion {st['index_of_dispersion']}"]
-    arrival = {"kind": facts["kind"], "spec": s.arrival, "rate": s.rate, "seed": s.seed, "duration_s": s.duration_s,
-               "max_requests": s.max_requests}
+    arrival = {"kind": facts["kind"], "spec": ld.arrival, "rate": ld.rate, "seed": ld.seed,
+               "duration_s": ld.duration, "max_requests": ld.requests}
     return Workload(offsets, source, facts["mean_rate_rps"], arrival, {"synthetic": facts}, describe)

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from loadgen.core.arrivals import SYNTHETIC_PREFIXES as PREFIXES
+from loadgen.core.arrivals import is_synthetic
 from loadgen.errors import UsageError
-from loadgen.traces.runargs import SYNTHETIC_PREFIXES as PREFIXES
-from loadgen.traces.runargs import is_synthetic
 
 __all__ = ["PREFIXES", "MMPP", "RateProfile", "build_synthetic", "is_synthetic", "nhpp_offsets", "parse_model",
            "rescaled_gaps"]
@@ -71,7 +71,7 @@ class RateProfile:
 
 
 def _seconds(text: str, what: str) -> float:
-    from loadgen.runner.settings import parse_seconds
+    from loadgen.core.units import parse_seconds
 
     return parse_seconds(text.strip(), what)
 
