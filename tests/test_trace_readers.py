@@ -185,7 +185,7 @@ def _big_azure(path: Path, n: int) -> None:
                                             strict=True))
 
 
-def test_memory_does_not_grow_with_the_file_and_a_window_stops_reading(tmp_path):
+def test_memory_does_not_grow_with_the_file_and_a_window_keeps_only_its_rows(tmp_path):
     small, big = tmp_path / "small.csv", tmp_path / "big.csv"
     _big_azure(small, 15_000)
     _big_azure(big, 60_000)
@@ -199,6 +199,35 @@ def test_memory_does_not_grow_with_the_file_and_a_window_stops_reading(tmp_path)
     assert peaks[1] < 1.2 * peaks[0] + 200_000, peaks  # 4x the rows, the same memory (about 0.6 MB here)
     assert peaks[1] < 2_000_000, peaks
     reader = open_trace(str(big))
+    tracemalloc.start()
     src = load_window(reader, 10.0, 5.0)
+    window_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     assert 300 < len(src) < 700 and src.time_ns[0] >= 0 and src.time_ns[-1] < 5_000_000_000
-    assert reader.lines_read < 2_000  # stopped at the window's end, not at the end of 60,000 rows
+    # Read to the end, only to check that the rows are sorted (an unsorted file must not be cut silently), and
+    # only the window's rows kept: memory is that of a few hundred rows, not of 60,000.
+    assert reader.lines_read >= 60_000 and window_peak < 500_000, window_peak
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    """Excel writes UTF-8 CSV with a byte-order mark first; it must not glue itself to the first column."""
+    f = tmp_path / "excel.csv"
+    f.write_bytes(b"\xef\xbb\xbfTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n"
+                  b"2023-11-16 18:15:47.00,10,2\n")
+    rows = list(open_trace(str(f)))
+    assert [(r.time_ns, r.input_tokens, r.output_tokens) for r in rows] == [(0, 374, 44), (320_000_000, 10, 2)]
+
+
+def test_an_unsorted_trace_is_refused_with_a_window_too(tmp_path):
+    """A window used to stop reading at its end, so rows out of order after it went unseen and the replay was
+    silently cut to the rows before them."""
+    from loadgen.traces.scaling import load_window
+
+    f = tmp_path / "unsorted.csv"
+    f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:00,1,1\n2023-11-16 18:20:00,1,1\n"
+                 "2023-11-16 18:15:05,1,1\n2023-11-16 18:15:06,1,1\n")
+    for window in ((0.0, 60.0), (0.0, None)):
+        with pytest.raises(UsageError, match=":4: rows are not sorted by time"):
+            load_window(open_trace(str(f)), *window)
+    ok = load_window(open_trace(str(CONV)), 0.0, 60.0)
+    assert ok.truncated and len(ok.time_ns) > 0

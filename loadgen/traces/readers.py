@@ -114,9 +114,11 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def _open_text(path: str) -> IO[str]:
+    """UTF-8, with or without the byte-order mark that Excel and some exporters put first (utf-8-sig drops it;
+    left in, it would glue itself to the first column's name)."""
     if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _first_line(path: str) -> str:
