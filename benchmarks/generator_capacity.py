@@ -161,10 +161,20 @@ def fnv1a64(items: list[bytes]) -> np.ndarray:
 
 def prompt_hashes(config: dict, indices: np.ndarray) -> np.ndarray:
     """Rebuild the prompts the run sent (same seed and request source) and hash them as the server does."""
-    from loadgen.level.plan import request_source
-    from loadgen.scenario.check import build
+    from loadgen.core.prompts import PromptBuilder, RequestSource
+    from loadgen.core.sizes import parse_size
 
-    source = request_source(build(config["scenario"], "config.json"))
+    # the run's seed and sizes, from a run of this version ("scenario") or of one before it ("settings"), so
+    # that --loadgen-src can measure an older tree for an A/B comparison
+    sc = config.get("scenario")
+    if sc is not None:
+        seed, w, min_tokens = sc["load"]["seed"], sc["workload"], sc["target"]["min_tokens"]
+    else:
+        s = config["settings"]
+        seed, w, min_tokens = s["seed"], s, s["min_tokens"]
+    source = RequestSource(parse_size(w["input_tokens"], "input"), parse_size(w["output_tokens"], "output"),
+                           PromptBuilder(tokenizer=w["tokenizer"], seed=seed), seed=seed, params={},
+                           min_tokens_equal_max=min_tokens)
     return fnv1a64([orjson.dumps(source.spec(int(i)).prompt)[1:-1] for i in indices])
 
 
