@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-busy lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 ## test: the whole test suite (unit + integration against a real Triton server)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
+
+## test-busy: the whole suite while another process keeps one core busy (it must hold on a busy machine)
+test-busy: $(STAMP)
+	$(BIN)/python tests/with_busy_core.py -- $(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
 	$(BIN)/ruff check loadgen servers tests benchmarks scenarios

@@ -34,13 +34,27 @@ class FaultyTriton:
         return web.json_response({"name": "m", "versions": ["1"], "inputs": inputs})
 
     async def generate(self, r: web.Request) -> web.StreamResponse:
+        """Modes: ok, http500, http404, empty (200, no event), reset, error_after_200, malformed, hang (after
+        one token), stall_after:N (the first N requests served, then every request hangs: a server stopped with
+        SIGSTOP), endless (tokens without end, as fast as the socket takes them)."""
         self.requests += 1
         body = orjson.loads(await r.read())
         n = min(int(body["max_tokens"]), self.tokens)
         if self.mode == "http500":
             return web.json_response({"error": "model instance crashed"}, status=500)
+        if self.mode == "http404":
+            return web.json_response({"error": "Not Found"}, status=404)
+        if self.mode.startswith("stall_after:") and self.requests > int(self.mode.split(":")[1]):
+            await asyncio.sleep(3600)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(r)
+        if self.mode == "empty":
+            await resp.write_eof()
+            return resp
+        if self.mode == "endless":
+            chunk = b'data: {"model_name":"m","text_output":" tok"}\n\n' * 256
+            while True:
+                await resp.write(chunk)
         for k in range(n):
             await asyncio.sleep(self.gap_s)
             if self.mode == "reset" and k == 3:

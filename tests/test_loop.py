@@ -162,7 +162,7 @@ async def test_closed_loop_keeps_n_in_flight_and_stops_by_count(tmp_path):
     assert all(r.issued_ns == r.scheduled_ns for r in recs)
 
 
-async def test_closed_loop_stops_by_duration_and_cancels_in_flight(tmp_path):
+async def test_closed_loop_stops_by_duration_and_abandons_in_flight(tmp_path):
     clock = FakeClock(auto_advance=False)
     backend = FakeBackend(clock, ttft_ns=10 * MS, itl_ns=10 * MS)
     rec = Recorder(tmp_path / "d.jsonl")
@@ -170,8 +170,9 @@ async def test_closed_loop_stops_by_duration_and_cancels_in_flight(tmp_path):
     out = await drive(clock, LoadLoop(backend, source("100"), rec, clock, settings).run())
     rec.close()
     recs = read(tmp_path / "d.jsonl")
-    # Each request takes ~1 s, so the two first are still running at 0.5 s and are cancelled, keeping their tokens.
-    assert out.issued == 2 and {r.status for r in recs} == {STATUS_CANCELLED}
+    # Each request takes ~1 s, so the two first are still running when the (zero) drain ends: abandoned errors
+    # (never a silent 'cancelled', which is for a stop by the user), keeping their tokens.
+    assert out.issued == 2 and {(r.status, r.error_kind) for r in recs} == {("error", "abandoned")}
     assert all(40 <= len(r.chunk_offsets_us) <= 60 for r in recs)
 
 
@@ -191,3 +192,69 @@ async def test_fake_backend_metrics_are_exact(tmp_path):
     assert abs(summary["itl_ms"]["p50"] - 5.0) < 0.01 and abs(summary["tpot_ms"]["mean"] - 5.0) < 0.01
     assert abs(summary["e2e_ms"]["max"] - 55.0) < 0.01
     assert summary["schedule_lag_ms"]["p99"] < 0.2
+
+
+async def test_a_stop_during_the_drain_cancels_rather_than_abandons(tmp_path):
+    """Ctrl-C while requests drain: they were stopped by the user, so 'cancelled' (the level is interrupted)."""
+    clock = FakeClock(auto_advance=False)
+    backend = FakeBackend(clock, ttft_ns=10 * MS, itl_ns=10 * MS)
+    rec = Recorder(tmp_path / "s.jsonl")
+    loop = LoadLoop(backend, source("100"), rec, clock,
+                    LoopSettings(offsets_ns=None, concurrency=2, duration_s=0.5, start_lead_ns=0, drain_timeout_s=5.0))
+
+    async def stop_later() -> None:
+        await clock.sleep_until(clock.now_ns() + 700 * MS)
+        loop.stop()
+
+    stopper = asyncio.ensure_future(stop_later())
+    out = await drive(clock, loop.run())
+    await stopper
+    rec.close()
+    assert out.interrupted and {r.status for r in read(tmp_path / "s.jsonl")} == {STATUS_CANCELLED}
+
+
+async def test_an_unexpected_exception_in_a_request_is_a_protocol_error(tmp_path):
+    """A codec or transport bug ends its request as a protocol error with its text (it stayed 'cancelled'), the
+    same in every driver (loadgen.core.issue.fail_unexpected), and the run goes on."""
+    clock = FakeClock(auto_advance=False)
+
+    class Buggy(FakeBackend):
+        async def send(self, spec, rec, t0):
+            if spec.index == 1:
+                rec.issued_ns = self.clock.now_ns() - t0
+                raise KeyError("no such field")
+            await super().send(spec, rec, t0)
+
+    rec = Recorder(tmp_path / "b.jsonl")
+    offsets = np.arange(3, dtype=np.int64) * 10 * MS
+    out = await drive(clock, LoadLoop(Buggy(clock), source("2"), rec, clock,
+                                      LoopSettings(offsets_ns=offsets, start_lead_ns=0)).run())
+    rec.close()
+    recs = sorted(read(tmp_path / "b.jsonl"), key=lambda r: r.index)
+    assert out.issued == 3 and [r.status for r in recs] == ["ok", "error", "ok"]
+    assert recs[1].error_kind == "protocol" and "KeyError" in recs[1].error and recs[1].end_ns is not None
+
+
+async def test_requests_stopped_before_their_task_ran_still_get_a_record(tmp_path):
+    """A task cancelled before its first step never runs its body: those requests used to vanish (client.issued
+    was one more than the records after a server died). Each now has a 'cancelled', never-sent record."""
+    from loadgen.runner.live import LiveStats
+
+    clock = FakeClock(auto_advance=False)
+    rec = Recorder(tmp_path / "u.jsonl")
+    stats = LiveStats()
+    loop = LoadLoop(FakeBackend(clock), source("2"), rec, clock,
+                    LoopSettings(offsets_ns=np.zeros(10, dtype=np.int64), start_lead_ns=0), stats)
+    on_issue = stats.on_issue
+
+    def stop_at_five() -> None:
+        on_issue()
+        if stats.issued == 5:
+            loop.stop()  # like Ctrl-C or a dead server, right after five launches and before any of them ran
+
+    stats.on_issue = stop_at_five  # type: ignore[method-assign]
+    out = await drive(clock, loop.run())
+    rec.close()
+    recs = read(tmp_path / "u.jsonl")
+    assert out.interrupted and out.issued == 0 and len(recs) == 5
+    assert all(r.status == STATUS_CANCELLED and r.issued_ns is None and "not sent" in r.error for r in recs)

@@ -134,3 +134,13 @@ def test_every_check_name_resolves_in_a_real_summary():
     assert set(values) == set(check_names())
     missing = [name for name, v in values.items() if v is None]
     assert missing == []
+
+
+def test_values_are_printed_with_their_units():
+    from loadgen.core.slo import format_value
+
+    assert format_value("ttft_p99", 8.75396) == "8.754 ms"
+    assert format_value("error_rate", 0.0125) == "1.25 %"
+    assert format_value("goodput_rps", 5.5) == "5.5 req/s"
+    assert format_value("window_s", 30.0) == "30 s"
+    assert format_value("ttft_p99", None) == "no value"

@@ -40,6 +40,7 @@ class BackendOptions:
     min_tokens: bool = True  # OpenAI: send min_tokens
     continuous_usage: bool = False  # OpenAI (vLLM): usage on every chunk
     http_client: str = "fast"  # asyncio: "fast" or "aiohttp"
+    max_response_bytes: int | None = None  # per-response body bound (None: derived from the tokens asked for)
 
 
 CodecFactory = Callable[[str, BackendOptions, probe.TargetFacts], Any]

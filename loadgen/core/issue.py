@@ -9,14 +9,24 @@ Drivers only wait and send; what to do with a request whose deadline has come is
 
 With an in-flight cap and the ``issue`` policy a driver waits for a free slot and then asks again (the wait
 makes the request late, and it is counted so). An unexpected exception inside a request (a codec or transport
-bug) ends that request as a protocol error in every driver (``fail_unexpected``), never a silent ``cancelled``.
+bug) ends that request as a protocol error in every driver (``fail_unexpected``), and a request still in flight
+when the drain ends is ``abandoned`` (``abandon``): neither is ever a silent ``cancelled``, which is kept for
+requests stopped by the user (Ctrl-C) or a fatal error of the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loadgen.core.records import ERR_PROTOCOL, STATUS_DROPPED, STATUS_ERROR, RequestRecord, RequestSpec
+from loadgen.core.records import (
+    ERR_ABANDONED,
+    ERR_PROTOCOL,
+    STATUS_CANCELLED,
+    STATUS_DROPPED,
+    STATUS_ERROR,
+    RequestRecord,
+    RequestSpec,
+)
 
 SEND, SEND_LATE, DROP = 0, 1, 2
 
@@ -59,6 +69,15 @@ def dropped_record(spec: RequestSpec, scheduled_ns: int, late_ns: int, worker: i
     return RequestRecord(index=spec.index, scheduled_ns=scheduled_ns, status=STATUS_DROPPED,
                          error=f"not issued: {late_ns / 1e6:.1f} ms late (--on-late drop)",
                          input_tokens=spec.input_tokens, max_tokens=spec.max_tokens, worker=worker)
+
+
+def abandon(rec: RequestRecord, drain_timeout_s: float) -> None:
+    """A request still in flight when the drain ended (the transport marked it cancelled as its task was
+    stopped): an error of its own kind, counted in the error rate, never a silent ``cancelled``."""
+    if rec.status == STATUS_CANCELLED:
+        rec.status, rec.error_kind = STATUS_ERROR, ERR_ABANDONED
+        rec.error = f"still in flight when the drain ended ({drain_timeout_s:g} s after issuing stopped; " \
+                    "--drain-timeout)"
 
 
 def fail_unexpected(rec: RequestRecord, err: BaseException, now_rel_ns: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 STATUS_OK = "ok"  # the response completed without an error (it may still be short: see metrics)
 STATUS_ERROR = "error"  # an error: see error_kind
 STATUS_DROPPED = "dropped"  # never issued: the client was late and --on-late drop was in force
-STATUS_CANCELLED = "cancelled"  # in flight when the run stopped (duration reached, Ctrl-C, fatal error)
+STATUS_CANCELLED = "cancelled"  # in flight when the run was stopped early (Ctrl-C, a fatal error): not measured
 
 # Error kinds, so that reports can count errors by kind.
 ERR_HTTP = "http_status"  # a non-2xx status before streaming (http_status says which)
@@ -26,7 +26,11 @@ ERR_STREAM = "stream_error"  # the server reported an error inside a stream that
 ERR_TIMEOUT = "timeout"  # --request-timeout passed
 ERR_CONNECTION = "connection"  # refused, reset or closed mid-response
 ERR_PROTOCOL = "protocol"  # a response the codec could not understand (malformed SSE/JSON)
-ERROR_KINDS = (ERR_HTTP, ERR_STREAM, ERR_TIMEOUT, ERR_CONNECTION, ERR_PROTOCOL)
+ERR_EMPTY = "empty"  # a response that completed without a single output token (an empty 200, only [DONE])
+ERR_TOO_LARGE = "too_large"  # the response passed its size bound (--max-response-bytes); the connection was closed
+ERR_ABANDONED = "abandoned"  # still in flight when the drain ended (--drain-timeout): the server never finished it
+ERROR_KINDS = (ERR_HTTP, ERR_STREAM, ERR_TIMEOUT, ERR_CONNECTION, ERR_PROTOCOL, ERR_EMPTY, ERR_TOO_LARGE,
+               ERR_ABANDONED)
 
 
 @dataclass(slots=True)

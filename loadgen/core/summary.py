@@ -84,6 +84,7 @@ class LevelContext:
     max_schedule_lag_p99_ms: float = 10.0
     min_completed: int = 30
     max_short_share: float = 0.05
+    max_error_share: float = 0.5  # more failed requests than this: the level measured a failure, not a load
     late_threshold_ms: float = 1.0
     itl_exact_cap: int = 5_000_000
     extra: dict[str, Any] = field(default_factory=dict)
@@ -223,27 +224,14 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
     for r in records:
         p.add(r)
     skipped = int(getattr(records, "skipped_lines", 0))
-
-    # -- window -----------------------------------------------------------------------------------------------
-    w0 = p.warm_ns
-    if ctx.warmup_requests > 0 and p.first_measured_sched is not None:
-        w0 = max(w0, p.first_measured_sched)
-    if ctx.is_open_loop:
-        if ctx.run_end_ns is not None:
-            w1 = p.sched_end
-        else:
-            w1 = p.last_measured_sched if p.last_measured_sched is not None else w0
-    else:
-        w1 = p.last_end if p.last_end is not None else (ctx.run_end_ns if ctx.run_end_ns is not None else w0)
+    w0, w1 = _window(p, ctx)
     window_ns = max(0, int(w1) - int(w0))
     window_s = window_ns / 1e9 if window_ns > 0 else None
-
-    # -- distributions ------------------------------------------------------------------------------------------
-    lag = _arr(p.lag)
     ttft, e2e, tpot, c_lag = _arr(p.ttft), _arr(p.e2e), _arr(p.tpot), _arr(p.c_lag)
     out_tok, in_tok, max_tok = _arr(p.out_tok), _arr(p.in_tok), _arr(p.max_tok)
     itl_stats, itl_max = p.itl.finish()
     to_ms = 1.0 / NS_PER_MS
+    lag = _arr(p.lag)
     dists = {
         "schedule_lag_ms": distribution_stats(lag, scale=to_ms),
         "ttft_ms": distribution_stats(ttft, na=int(np.isnan(ttft).sum()), scale=to_ms),
@@ -254,8 +242,55 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
         "e2e_from_scheduled_ms": distribution_stats(e2e + c_lag, na=int(np.isnan(e2e).sum()), scale=to_ms),
         OUTPUT_TOKENS.key: distribution_stats(out_tok.astype(np.float64)),
     }
+    goodput: dict[str, Any] = {"goodput_rps": None, "goodput_from_scheduled_rps": None, "goodput_ratio": None}
+    if ctx.slo:
+        meets = slo_mask(ctx.slo, ttft, tpot, itl_max, e2e)
+        meets_sched = slo_mask(ctx.slo, ttft + c_lag, tpot, itl_max, e2e + c_lag)
+        goodput = {"goodput_rps": _rate(int(meets.sum()), window_s),
+                   "goodput_from_scheduled_rps": _rate(int(meets_sched.sum()), window_s),
+                   "goodput_ratio": _share(int(meets.sum()), int(out_tok.size))}
+    summary: dict[str, Any] = {
+        "schema": SCHEMA, "name": ctx.name, "backend": ctx.backend, "url": ctx.url, "model": ctx.model,
+        "mode": "open_loop" if ctx.is_open_loop else "closed_loop", "target_rate_rps": ctx.target_rate,
+        "concurrency": ctx.concurrency, "arrival": ctx.arrival, "prompt_method": ctx.prompt_method,
+        "on_late": ctx.on_late, "slo_s": dict(ctx.slo), "warmup_s": ctx.warmup_s,
+        "warmup_requests": ctx.warmup_requests, "cooldown_s": ctx.cooldown_s,
+        "window_start_s": round(w0 / 1e9, 9), "window_end_s": round(w1 / 1e9, 9), "window_s": window_s,
+        "records_total": p.total, "records_skipped": skipped,
+        **_counts(p, ctx, out_tok, in_tok, max_tok, int(lag.size), w0, w1, window_s), **goodput, **dists,
+        "client": dict(ctx.client), "energy": None, "extra": dict(ctx.extra),
+    }
+    warnings = validity_warnings(summary, ctx)
+    summary["valid"] = not warnings
+    summary["warnings"] = warnings
+    summary["validity_thresholds"] = {
+        "min_achieved_ratio": ctx.min_achieved_ratio,
+        "max_schedule_lag_p99_ms": ctx.max_schedule_lag_p99_ms,
+        "min_completed": ctx.min_completed,
+        "max_short_share": ctx.max_short_share,
+        "max_error_share": ctx.max_error_share,
+    }
+    return summary
 
-    # -- counts and rates ---------------------------------------------------------------------------------------
+
+def _window(p: _Pass, ctx: LevelContext) -> tuple[float, float]:
+    """The measurement window [w0, w1] in ns from t0 (docs/SUMMARY_SCHEMA.md, "Measurement window")."""
+    w0 = p.warm_ns
+    if ctx.warmup_requests > 0 and p.first_measured_sched is not None:
+        w0 = max(w0, p.first_measured_sched)
+    if ctx.is_open_loop:
+        if ctx.run_end_ns is not None:
+            w1 = p.sched_end
+        else:
+            w1 = p.last_measured_sched if p.last_measured_sched is not None else w0
+    else:
+        w1 = p.last_end if p.last_end is not None else (ctx.run_end_ns if ctx.run_end_ns is not None else w0)
+    return w0, w1
+
+
+def _counts(p: _Pass, ctx: LevelContext, out_tok: np.ndarray, in_tok: np.ndarray, max_tok: np.ndarray,
+            issued_measured: int, w0: float, w1: float, window_s: float | None) -> dict[str, Any]:
+    """Counts, shares and rates of the measured requests: every request is in exactly one state."""
     completed = int(out_tok.size)
     n_errors = sum(p.errors.values())
     finished = completed + n_errors
@@ -265,50 +300,19 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
     errors_by_kind[SHORT_OUTPUT] = short
     issued_all, end_all = _arr(p.all_issued), _arr(p.all_end)
     in_window = int(((issued_all >= w0) & (issued_all <= w1)).sum())
+    window_ns = w1 - w0
     mean_running = None
     if window_ns > 0:
         ends = np.where(end_all < 0, w1, end_all)
         overlap = np.clip(np.minimum(ends, w1) - np.maximum(issued_all, w0), 0, None)
         mean_running = round(float(overlap.sum()) / window_ns, 6)
     achieved = _rate(in_window, window_s)
-    target = ctx.target_rate
     # The client is judged against the schedule it was given: a seeded Poisson schedule's realised rate differs
     # from the nominal --rate by sampling noise (about 1/sqrt(N)), which is not the client's doing.
     sched_all = _arr(p.all_sched)
     scheduled = _rate(int(((sched_all >= w0) & (sched_all <= w1)).sum()), window_s) if ctx.is_open_loop else None
-    achieved_ratio = None if (achieved is None or not scheduled) else round(achieved / scheduled, 6)
-
-    goodput = goodput_sched = goodput_ratio = None
-    if ctx.slo:
-        meets = slo_mask(ctx.slo, ttft, tpot, itl_max, e2e)
-        meets_sched = slo_mask(ctx.slo, ttft + c_lag, tpot, itl_max, e2e + c_lag)
-        goodput = _rate(int(meets.sum()), window_s)
-        goodput_sched = _rate(int(meets_sched.sum()), window_s)
-        goodput_ratio = _share(int(meets.sum()), completed)
-
-    issued_measured = int(lag.size)
-    summary: dict[str, Any] = {
-        "schema": SCHEMA,
-        "name": ctx.name,
-        "backend": ctx.backend,
-        "url": ctx.url,
-        "model": ctx.model,
-        "mode": "open_loop" if ctx.is_open_loop else "closed_loop",
-        "target_rate_rps": target,
+    return {
         "scheduled_rate_rps": scheduled,
-        "concurrency": ctx.concurrency,
-        "arrival": ctx.arrival,
-        "prompt_method": ctx.prompt_method,
-        "on_late": ctx.on_late,
-        "slo_s": dict(ctx.slo),
-        "warmup_s": ctx.warmup_s,
-        "warmup_requests": ctx.warmup_requests,
-        "cooldown_s": ctx.cooldown_s,
-        "window_start_s": round(w0 / 1e9, 9),
-        "window_end_s": round(w1 / 1e9, 9),
-        "window_s": window_s,
-        "records_total": p.total,
-        "records_skipped": skipped,
         "excluded_warmup": p.excluded["warmup"],
         "excluded_cooldown": p.excluded["cooldown"],
         "measured_requests": p.measured,
@@ -332,35 +336,31 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
         "token_count_mismatches": p.out_mismatch,
         "input_token_mismatches": p.in_mismatch,
         "achieved_rate_rps": achieved,
-        "achieved_ratio": achieved_ratio,
+        "achieved_ratio": None if (achieved is None or not scheduled) else round(achieved / scheduled, 6),
         "request_throughput_rps": _rate(completed, window_s),
         "output_token_throughput_tps": _rate(int(out_tok.sum()), window_s),
         "input_token_throughput_tps": _rate(int(in_tok.sum()), window_s),
         "total_token_throughput_tps": _rate(int(out_tok.sum() + in_tok.sum()), window_s),
-        "goodput_rps": goodput,
-        "goodput_from_scheduled_rps": goodput_sched,
-        "goodput_ratio": goodput_ratio,
         "mean_running_requests": mean_running,
-        **dists,
-        "client": dict(ctx.client),
-        "energy": None,
-        "extra": dict(ctx.extra),
     }
-    warnings = validity_warnings(summary, ctx)
-    summary["valid"] = not warnings
-    summary["warnings"] = warnings
-    summary["validity_thresholds"] = {
-        "min_achieved_ratio": ctx.min_achieved_ratio,
-        "max_schedule_lag_p99_ms": ctx.max_schedule_lag_p99_ms,
-        "min_completed": ctx.min_completed,
-        "max_short_share": ctx.max_short_share,
-    }
-    return summary
 
 
 def validity_warnings(summary: dict, ctx: LevelContext) -> list[str]:
     """One sentence per failed validity condition (METRICS.md): an invalid level is marked, never hidden."""
     out: list[str] = []
+    client = ctx.client
+    if client.get("interrupted"):
+        out.append("interrupted before the schedule was done: the level is incomplete")
+    if client.get("server_gone"):
+        out.append(f"the server stopped answering mid-run ({client['server_gone']})")
+    if client.get("results_error"):
+        out.append("the records could not all be written: the level is incomplete")
+    rate = summary.get("error_rate")
+    if rate is not None and rate > ctx.max_error_share:
+        kinds = {k: v for k, v in summary["errors_by_kind"].items() if v and k != SHORT_OUTPUT}
+        top = max(kinds, key=lambda k: kinds[k]) if kinds else "error"
+        out.append(f"{rate:.0%} of the finished requests failed (most: {top}, {kinds.get(top, 0)}; needs <= "
+                   f"{ctx.max_error_share:.0%})")
     if ctx.cooldown_s > 0 and ctx.run_end_ns is None:
         out.append(f"cool-down of {ctx.cooldown_s:g} s not applied: the end of issuing is unknown (interrupted run?)")
     if not summary["window_s"]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from loadgen import __version__
 from loadgen.core.issue import IssueOutcome
 from loadgen.errors import LoadgenError, ResultsError, TargetError
-from loadgen.level.finish import judge, settle_config, summarize_level, write_results
+from loadgen.level.finish import judge, no_success, settle_config, summarize_level, write_results
 from loadgen.level.plan import LevelPlan, level_context, plan_level
 from loadgen.level.rundir import make_run_dir, write_json
 from loadgen.level.target import start_embedded, url_of
@@ -211,6 +211,9 @@ def verdict(result: LevelResult) -> int:
         raise driven.failure
     if result.interrupted:
         return 130
+    failed = no_success(result.run_dir, result.summary)
+    if failed is not None:
+        raise TargetError(failed)
     judge(sc.results.fail_on, result.summary)
     return 0
 

@@ -37,7 +37,8 @@ class GeventHttpBackend:
         self.model = opts.model
         self.options = opts
         self.transport = GeventHttpTransport(opts.url, headers=opts.headers, verify_tls=opts.verify_tls,
-                                             request_timeout_s=opts.request_timeout_s)
+                                             request_timeout_s=opts.request_timeout_s,
+                                             max_response_bytes=opts.max_response_bytes)
         self.codec: Any = None
         self.info: dict[str, Any] = {}
 
@@ -80,7 +81,8 @@ class GeventGrpcBackend:
         self.url = opts.url
         self.model = opts.model
         self.options = opts
-        self.transport = GeventGrpcTransport(opts.url, request_timeout_s=opts.request_timeout_s)
+        self.transport = GeventGrpcTransport(opts.url, request_timeout_s=opts.request_timeout_s,
+                                             max_response_bytes=opts.max_response_bytes)
         self.codec: Any = None
         self.info: dict[str, Any] = {}
 

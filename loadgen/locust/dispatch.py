@@ -21,7 +21,15 @@ import numpy as np
 from gevent.socket import wait_read
 
 from loadgen.core.clock import MonotonicClock, TimerFd, set_timer_slack_ns, timerfd_available
-from loadgen.core.issue import DROP, SEND_LATE, IssueOutcome, IssuePolicy, dropped_record, fail_unexpected
+from loadgen.core.issue import (
+    DROP,
+    SEND_LATE,
+    IssueOutcome,
+    IssuePolicy,
+    abandon,
+    dropped_record,
+    fail_unexpected,
+)
 from loadgen.core.records import RequestRecord
 
 _now = time.perf_counter_ns
@@ -120,6 +128,8 @@ class OpenLoopDispatcher:
         self.stop_event = gevent.event.Event()
         self._live: set[gevent.Greenlet] = set()
         self.issued = self.dropped = self.late = 0
+        self._abandoning = False
+        self._unstarted: dict[int, int] = {}  # spawned, not yet running: index -> offset
 
     def stop(self) -> None:
         """Stop issuing; what is in flight is cancelled (and recorded so) when ``run`` returns."""
@@ -128,15 +138,34 @@ class OpenLoopDispatcher:
     def _finished(self, rec: RequestRecord) -> None:
         if self.sem is not None:
             self.sem.release()
+        if self._abandoning:
+            abandon(rec, self.drain_timeout_s)
         self.on_done(rec)
+
+    def _record_unstarted(self) -> None:
+        """Requests spawned just before a stop whose greenlet never ran: cancelled (not sent), not issued."""
+        for index, offset in self._unstarted.items():
+            spec = self.source.spec(index)
+            self.on_done(RequestRecord(index=index, scheduled_ns=offset, input_tokens=spec.input_tokens,
+                                       max_tokens=spec.max_tokens, worker=self.worker,
+                                       error="not sent: the run was stopped before this request started"))
+            self.issued -= 1
+        self._unstarted.clear()
 
     def _record_dropped(self, index: int, offset: int, late_ns: int) -> None:
         rec = dropped_record(self.source.spec(index), offset, late_ns, self.worker)
         self.dropped += 1
         self.on_done(rec)
 
+    def _start(self, index: int, offset: int) -> None:
+        self._unstarted.pop(index, None)
+        run_request(self.backend, self.source, index, offset, self.t0, self.worker, self._finished)
+
     def _launch(self, index: int, offset: int) -> None:
-        g = gevent.spawn(run_request, self.backend, self.source, index, offset, self.t0, self.worker, self._finished)
+        # A greenlet killed before it first runs never runs its body, so it would leave no record: it is known
+        # here until it starts (see _record_unstarted).
+        self._unstarted[index] = offset
+        g = gevent.spawn(self._start, index, offset)
         self._live.add(g)
         g.link(self._live.discard)
         self.issued += 1
@@ -177,6 +206,8 @@ class OpenLoopDispatcher:
                 gevent.wait(list(self._live), timeout=min(0.2, max(0.0, end - time.monotonic())), count=1)
         cancelled = len(self._live)
         if self._live:
+            self._abandoning = not stop.is_set()  # the drain ended; a stop (Ctrl-C) cancels instead
             gevent.killall(list(self._live), block=True, timeout=10)
+        self._record_unstarted()
         return IssueOutcome(t0, issue_end, _now() - t0, self.issued, self.dropped, self.late, cancelled,
                             stop.is_set())

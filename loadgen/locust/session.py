@@ -345,9 +345,18 @@ class LocustSession:
         return DispatchOutcome(lv["t0"], now, now, lv["issued"], 0, 0, lv["inflight"], interrupted)
 
     def _flush_loop(self, lv: dict) -> None:
+        """Flush the records 4x a second; records that cannot be written stop this node's load (exit 6)."""
+        from loadgen.errors import ResultsError
+
         while not lv["node_done"]:
             gevent.sleep(0.25)
-            lv["recorder"].flush()
+            recorder = lv["recorder"]
+            recorder.flush()
+            if recorder.error is not None:
+                log.error("loadgen: %s", recorder.describe_error())
+                self.environment.process_exit_code = ResultsError.exit_code
+                gevent.spawn(self.stop_node)
+                return
 
     def _hub_lag_loop(self, lv: dict) -> None:
         """How late the gevent hub wakes a 10 ms sleeper: the event-loop lag of this generator process."""
@@ -458,7 +467,8 @@ class LocustSession:
         master can read them all, else from the merged histograms; then Locust's own files and the verdict."""
         from rich.console import Console
 
-        from loadgen.level.finish import judge, settle_config, write_results
+        from loadgen.errors import TargetError
+        from loadgen.level.finish import judge, no_success, settle_config, write_results
         from loadgen.report import render_report
 
         lv["finalized"] = True
@@ -489,6 +499,9 @@ class LocustSession:
         how = "exact, from every records file" if readable else \
             "from the merged histograms; copy the workers' records.w*.jsonl here and run `loadgen report`"
         console.print(f"run directory: {run_dir} (summary {how})")
+        failed = no_success(run_dir, summary)  # nothing succeeded: exit 3 with the likely cause
+        if failed is not None:
+            raise TargetError(failed)
         judge(lv["level"].scenario.results.fail_on, summary)  # ThresholdFailed: exit code 4 (on_test_stop)
 
     def on_quitting(self) -> None:

@@ -31,11 +31,18 @@ from loadgen.core.records import (
     ERR_CONNECTION,
     ERR_HTTP,
     ERR_TIMEOUT,
+    ERR_TOO_LARGE,
     STATUS_CANCELLED,
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_grpc_stream, finish_http_stream, http_target
+from loadgen.transport.common import (
+    finish_grpc_stream,
+    finish_http_stream,
+    http_target,
+    response_limit,
+    too_large_error,
+)
 
 _now = time.perf_counter_ns
 _RECV = 65536
@@ -60,21 +67,36 @@ class _TlsPool(_NoDelayMixin, SSLConnectionPool):
 
 
 class _Exchange:
-    __slots__ = ("framing", "times", "chunks", "error")
+    __slots__ = ("framing", "times", "chunks", "error", "limit", "size", "too_large")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1 << 62) -> None:
         self.framing = ResponseFraming()
         self.times: list[int] = []
         self.chunks: list[bytes] = []
         self.error: str | None = None
+        self.limit = limit  # body bytes this response may bring (transport.common.response_limit)
+        self.size = 0
+        self.too_large = False
+
+    def take(self, t: int, body: bytes) -> bool:
+        """Keep a piece of the body; False once the response passed its bound (the caller stops reading)."""
+        self.size += len(body)
+        if self.size > self.limit:
+            self.too_large = True
+            return False
+        self.times.append(t)
+        self.chunks.append(body)
+        return True
 
 
 class GeventHttpTransport:
     """POST a JSON body and capture the streamed response into a ``RequestRecord`` (times relative to ``t0``)."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
-                 request_timeout_s: float | None = None, max_connections: int = 100_000) -> None:
+                 request_timeout_s: float | None = None, max_connections: int = 100_000,
+                 max_response_bytes: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
         self.host, self.port, self.prefix, self.tls, self._head_tail = http_target(self.base_url, headers)
         self.request_timeout_s = request_timeout_s
         opts = dict(size=max_connections, connection_timeout=10.0, network_timeout=None)
@@ -103,7 +125,7 @@ class GeventHttpTransport:
                 self._read_greenlet(sock, payload, ex)
             else:
                 self._read_callbacks(sock, payload, ex)
-            reusable = ex.error is None and ex.framing.complete and ex.framing.keep_alive
+            reusable = ex.error is None and not ex.too_large and ex.framing.complete and ex.framing.keep_alive
         finally:
             if reusable:
                 self.pool.return_socket(sock)
@@ -116,7 +138,7 @@ class GeventHttpTransport:
         ``data_received`` does. No greenlet switch per read, and every readable stream is stamped before any
         greenlet resumes to parse a finished response."""
         fd = sock.fileno()
-        framing, times, chunks = ex.framing, ex.times, ex.chunks
+        framing = ex.framing
         done = gevent.event.Event()
         read = os.read
 
@@ -141,10 +163,7 @@ class GeventHttpTransport:
                 ex.error = f"malformed HTTP response: {err}"
                 done.set()
                 return
-            if body:
-                times.append(t)
-                chunks.append(body)
-            if framing.complete:
+            if (body and not ex.take(t, body)) or framing.complete:
                 done.set()
 
         watcher = gevent.get_hub().loop.io(fd, 1)
@@ -159,7 +178,7 @@ class GeventHttpTransport:
     @staticmethod
     def _read_greenlet(sock: Any, payload: bytes, ex: _Exchange) -> None:
         """TLS: the socket's own (blocking-in-a-greenlet) reads."""
-        framing, times, chunks = ex.framing, ex.times, ex.chunks
+        framing = ex.framing
         sock.sendall(payload)
         recv = sock.recv
         try:
@@ -171,9 +190,8 @@ class GeventHttpTransport:
                         ex.error = "connection closed by the server mid-response (EOF)"
                     return
                 body = framing.feed(data)
-                if body:
-                    times.append(t)
-                    chunks.append(body)
+                if body and not ex.take(t, body):
+                    return
         except (ProtocolError, ValueError) as err:
             ex.error = f"malformed HTTP response: {err}"
 
@@ -203,7 +221,7 @@ class GeventHttpTransport:
     def stream(self, path: str, body: bytes, rec: RequestRecord, parser: Any, t0: int) -> None:
         """Run one streamed exchange; the outcome (status, error kind, chunks) is settled into ``rec``."""
         payload = self._request("POST", path, body)
-        ex = _Exchange()
+        ex = _Exchange(response_limit(rec, self.max_response_bytes))
 
         def issued() -> None:
             rec.issued_ns = _now() - t0
@@ -245,7 +263,9 @@ class GeventHttpTransport:
         if times:
             rec.first_byte_ns = times[0] - t0
         if rec.status != STATUS_ERROR:
-            if ex.error is not None:
+            if ex.too_large:
+                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(ex.limit)
+            elif ex.error is not None:
                 rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, ex.error[:500]
             elif framing.headers_done and framing.status >= 300:
                 text = b"".join(chunks).decode("utf-8", "replace")
@@ -269,20 +289,25 @@ def init_grpc_gevent() -> None:
 
 
 class _Pending:
-    __slots__ = ("times", "responses", "done", "error", "completed")
+    __slots__ = ("times", "responses", "done", "error", "completed", "limit", "size", "too_large")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1 << 62) -> None:
         self.times: list[int] = []
         self.responses: list[Any] = []
         self.done = gevent.event.Event()
         self.error: str | None = None
         self.completed = False
+        self.limit = limit  # response bytes this request may bring (transport.common.response_limit)
+        self.size = 0
+        self.too_large = False
 
 
 class GeventGrpcTransport:
     """Triton ``ModelStreamInfer`` with every request on one stream (as the asyncio gRPC transport does)."""
 
-    def __init__(self, target: str, *, request_timeout_s: float | None = None) -> None:
+    def __init__(self, target: str, *, request_timeout_s: float | None = None,
+                 max_response_bytes: int | None = None) -> None:
+        self.max_response_bytes = max_response_bytes
         self.tls = target.startswith("grpcs://")
         self.target = target.removeprefix("grpc://").removeprefix("grpcs://")
         self.request_timeout_s = request_timeout_s
@@ -298,7 +323,9 @@ class GeventGrpcTransport:
         import grpc
         from tritonclient.grpc import service_pb2_grpc
 
-        opts = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+        from loadgen.transport.grpc import _MAX_MSG
+
+        opts = [("grpc.max_send_message_length", _MAX_MSG), ("grpc.max_receive_message_length", _MAX_MSG)]
         if self.tls:
             self._channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(), options=opts)
         else:
@@ -337,6 +364,11 @@ class GeventGrpcTransport:
                 p = pending.get(resp.infer_response.id)
                 if p is None:
                     continue  # a late response of a request that already timed out
+                p.size += resp.ByteSize()
+                if p.size > p.limit:  # past its bound: the request ends; the rest of its responses are dropped
+                    p.too_large = True
+                    p.done.set()
+                    continue
                 p.times.append(t)
                 if resp.error_message:
                     p.error = resp.error_message
@@ -367,7 +399,7 @@ class GeventGrpcTransport:
 
         self._next_id += 1
         rid = f"{rec.index}-{self._next_id}"
-        p = _Pending()
+        p = _Pending(response_limit(rec, self.max_response_bytes))
         self._pending[rid] = p
         req = build_request(model, rid, tensors)
         try:
@@ -386,4 +418,6 @@ class GeventGrpcTransport:
 
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int) -> None:
         self._pending.pop(rid, None)
+        if p.too_large and rec.status != STATUS_ERROR:
+            rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(p.limit)
         finish_grpc_stream(rec, parser, p.times, p.responses, p.error, p.completed, t0, _now())

@@ -89,7 +89,8 @@ class AsyncGrpcBackend:
         self.url = opts.url
         self.model = opts.model
         self.options = opts
-        self.transport = GrpcStreamTransport(opts.url, request_timeout_s=opts.request_timeout_s)
+        self.transport = GrpcStreamTransport(opts.url, request_timeout_s=opts.request_timeout_s,
+                                             max_response_bytes=opts.max_response_bytes)
         self.codec: Any = None
         self.info: dict[str, Any] = {}
 
@@ -131,5 +132,5 @@ def make_backend(kind: str, opts: BackendOptions) -> Backend:
         raise UsageError(f"--http-client {opts.http_client!r}: choose one of {', '.join(HTTP_CLIENTS)}")
     cls = FastHttpTransport if opts.http_client == "fast" else HttpTransport
     transport = cls(opts.url, headers=opts.headers, verify_tls=opts.verify_tls,
-                    request_timeout_s=opts.request_timeout_s)
+                    request_timeout_s=opts.request_timeout_s, max_response_bytes=opts.max_response_bytes)
     return AsyncHttpBackend(k, opts, transport)

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from loadgen.core.clock import MonotonicClock, wall_anchor
-from loadgen.core.records import ERR_CONNECTION, RequestRecord
+from loadgen.core.records import ERR_CONNECTION, STATUS_OK, RequestRecord
 from loadgen.errors import ResultsError
 from loadgen.level.pipeline import Driven, LevelRun
 from loadgen.level.recorder import Recorder
@@ -50,10 +50,10 @@ class ConnectionWatch:
         if rec.error_kind == ERR_CONNECTION:
             self.streak += 1
             if self.limit and self.streak >= self.limit and self.tripped is None:
-                self.tripped = rec.error or "connection error"
+                self.tripped = " ".join((rec.error or "connection error").split())[:300]
                 self.loop.stop()
-        elif rec.issued_ns is not None:
-            self.streak = 0
+        elif rec.status == STATUS_OK:  # only a success shows the server is there (a dying gRPC stream also
+            self.streak = 0            # ends some requests as protocol errors, which must not hide it)
 
 
 def backend_for(sc: Scenario, url: str) -> Any:
@@ -186,6 +186,8 @@ async def drive_level(run: LevelRun, part: Any = None) -> tuple[LoopOutcome, dic
                 await recorder.stop()
         client = client_figures(outcome, stats, clock, time.process_time() - cpu0, time.perf_counter() - wall0,
                                 anchor, info)
+        if watch.tripped:
+            client["server_gone"] = watch.tripped
         if recorder.error is not None:
             client["results_error"] = recorder.describe_error()
             outcome.interrupted = True

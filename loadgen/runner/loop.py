@@ -8,7 +8,8 @@ Scope (what the loop is responsible for, and what it is not):
   ``drop`` (do not send a request that is later than ``late_tolerance_ns``; it is recorded as dropped). A
   concurrency cap holds requests back (issue) or drops them (drop) when the cap is reached. Both are counted.
 - It stops by itself: the schedule is finite (duration and/or count), closed loops stop at the duration or count,
-  and what is still in flight at the end gets ``drain_timeout_s`` before it is cancelled (and recorded so).
+  and what is still in flight at the end gets ``drain_timeout_s``; what is still open then is recorded as an
+  ``abandoned`` error (a Ctrl-C instead cancels it: ``cancelled``).
 - It does not compute metrics, parse responses on the hot path, or write to disk on the hot path.
 """
 
@@ -22,7 +23,15 @@ import numpy as np
 
 from loadgen.codecs.backend import Backend
 from loadgen.core.clock import Clock
-from loadgen.core.issue import DROP, SEND_LATE, IssueOutcome, IssuePolicy, dropped_record, fail_unexpected
+from loadgen.core.issue import (
+    DROP,
+    SEND_LATE,
+    IssueOutcome,
+    IssuePolicy,
+    abandon,
+    dropped_record,
+    fail_unexpected,
+)
 from loadgen.core.records import RequestRecord
 from loadgen.level.recorder import Recorder
 from loadgen.runner.live import LiveStats
@@ -61,12 +70,15 @@ class LoadLoop:
         self._issued = self._dropped = self._late = 0
         self._sem: asyncio.Semaphore | None = None
         self._closed_done = False
+        self._abandoning = False  # the drain ended: what is still in flight is abandoned, not cancelled
+        self._unstarted: dict[int, tuple[int, Any]] = {}  # launched, not yet running: index -> (scheduled, spec)
 
     def stop(self) -> None:
         """Stop issuing (Ctrl-C, a fatal error); in-flight requests are cancelled and recorded."""
         self.stop_event.set()
 
     async def _one(self, index: int, scheduled_ns: int, t0: int, spec: Any = None) -> None:
+        self._unstarted.pop(index, None)
         if spec is None:
             spec = self.source.spec(index)
         rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
@@ -76,10 +88,26 @@ class LoadLoop:
         except Exception as err:  # a codec or transport bug must not lose the record or stop the run
             fail_unexpected(rec, err, self.clock.now_ns() - t0)
         finally:
+            if self._abandoning:
+                abandon(rec, self.s.drain_timeout_s)
             self.recorder.add(rec)
             self.stats.on_done(rec)
             if self._sem is not None:
                 self._sem.release()
+
+    def _record_unstarted(self) -> None:
+        """Requests launched just before a stop whose task never ran: recorded as cancelled (not sent), and not
+        counted as issued, so that every scheduled request has exactly one record."""
+        for index, (scheduled_ns, spec) in self._unstarted.items():
+            spec = spec if spec is not None else self.source.spec(index)
+            rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
+                                max_tokens=spec.max_tokens, worker=self.s.worker,
+                                error="not sent: the run was stopped before this request's task started")
+            self.recorder.add(rec)
+            self.stats.on_done(rec)
+            self._issued -= 1
+            self.stats.issued -= 1
+        self._unstarted.clear()
 
     def _record_dropped(self, index: int, scheduled_ns: int, now_rel: int, spec: Any = None) -> None:
         spec = spec if spec is not None else self.source.spec(index)
@@ -89,6 +117,9 @@ class LoadLoop:
         self._dropped += 1
 
     def _launch(self, index: int, scheduled_ns: int, t0: int, spec: Any = None) -> None:
+        # A task cancelled before its first step never runs its body, so it would leave no record: it is known
+        # here until it starts (see _record_unstarted).
+        self._unstarted[index] = (scheduled_ns, spec)
         task = asyncio.get_running_loop().create_task(self._one(index, scheduled_ns, t0, spec))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -178,9 +209,11 @@ class LoadLoop:
         if self._tasks:
             pending = list(self._tasks)
             cancelled = len(pending)
+            self._abandoning = not self.stop_event.is_set()  # Ctrl-C during the drain: cancelled by the user
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self._record_unstarted()
         return LoopOutcome(t0_ns=t0, issue_end_ns=issue_end, end_ns=self.clock.now_ns() - t0,
                            issued=self._issued, dropped=self._dropped, late=self._late, cancelled=cancelled,
                            interrupted=self.stop_event.is_set())

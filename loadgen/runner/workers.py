@@ -384,6 +384,7 @@ def merge_clients(clients: list[dict[str, Any]], outcome: LoopOutcome, info: dic
         "dropped": outcome.dropped, "late": outcome.late, "cancelled_at_end": outcome.cancelled,
         "interrupted": outcome.interrupted, "anchor": anchor, "t0_offset_ns": outcome.t0_ns - anchor["monotonic_ns"],
         "saturated": bool(reasons), "saturation_reason": "; ".join(reasons) or None, "server": info,
+        "server_gone": next((c["server_gone"] for c in clients if c.get("server_gone")), None),
         "workers": per_worker,
     }
 

@@ -30,4 +30,4 @@ def backend_options(sc: Scenario, url: str) -> Any:
                           request_timeout_s=sc.limits.request_timeout, perf_metrics=t.perf_metrics,
                           extra=parse_extra(t.extra, "--extra"), parameters=parse_extra(t.parameters, "--parameter"),
                           ignore_eos=t.ignore_eos, min_tokens=t.min_tokens, continuous_usage=t.continuous_usage,
-                          http_client=t.http_client)
+                          http_client=t.http_client, max_response_bytes=sc.limits.max_response_bytes)

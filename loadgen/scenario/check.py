@@ -228,6 +228,9 @@ def _check_limits(sc: Scenario) -> None:
     _positive(lm.request_timeout, "--request-timeout", "duration (e.g. 300s)")
     if lm.drain_timeout < 0:
         raise UsageError(f"--drain-timeout {lm.drain_timeout:g}: must not be negative")
+    if lm.max_response_bytes is not None and lm.max_response_bytes < 1024:
+        raise UsageError(f"--max-response-bytes {lm.max_response_bytes}: use at least 1024 (or leave it out for the "
+                         "bound derived from the tokens asked for)")
     if lm.max_connection_errors < 0:
         raise UsageError(f"--max-connection-errors {lm.max_connection_errors}: must not be negative (0 = never)")
 

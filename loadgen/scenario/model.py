@@ -166,6 +166,9 @@ class Limits(Section):
                                  "flight (default 60s)", ui=True)
     max_connection_errors: int = opt(50, "--max-connection-errors", "stop the run after this many connection "
                                      "errors in a row (server gone; default 50)")
+    max_response_bytes: int | None = opt(None, "--max-response-bytes", "bound on one response's body: past it the "
+                                         "request is a too_large error and its connection is closed (default: "
+                                         "64 KiB + 4 KiB per output token asked + 16 bytes per prompt token)")
 
 
 class Results(Section):

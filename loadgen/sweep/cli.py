@@ -150,6 +150,9 @@ def execute(args: argparse.Namespace) -> int:
         sys.stdout.write(scenario_toml(spec.base, _sweep_tables(args)))
         return 0
     sweep_dir = Path(args.out) if args.out else Path(spec.base.results.out_dir) / f"sweep-{spec.name}"
+    from loadgen.scenario.check import check_out_dir
+
+    check_out_dir(str(sweep_dir), "--out" if args.out else "--out-dir")  # before any server starts
     if args.fresh and sweep_dir.exists():
         aside = sweep_dir.with_name(f"{sweep_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep_dir.rename(aside)

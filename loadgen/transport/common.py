@@ -9,6 +9,7 @@ from __future__ import annotations
 from loadgen.codecs.base import StreamParser, StreamTotals
 from loadgen.core.records import (
     ERR_CONNECTION,
+    ERR_EMPTY,
     ERR_PROTOCOL,
     ERR_STREAM,
     STATUS_ERROR,
@@ -34,8 +35,31 @@ def apply_totals(rec: RequestRecord, totals: StreamTotals, last_chunk_ns: int | 
         rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_STREAM, totals.error[:500]
     elif totals.protocol_error is not None:
         rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_PROTOCOL, totals.protocol_error[:500]
+    elif rec.output_tokens == 0:  # an empty 200, a stream of only [DONE]: nothing a user would call an answer
+        rec.status, rec.error_kind = STATUS_ERROR, ERR_EMPTY
+        rec.error = "the response completed without any output token"
     else:
         rec.status = STATUS_OK
+
+
+RESPONSE_BASE_BYTES = 64 * 1024
+RESPONSE_BYTES_PER_OUTPUT_TOKEN = 4 * 1024  # a streamed token costs 150-600 bytes of SSE/JSON; 4 KiB is generous
+RESPONSE_BYTES_PER_INPUT_TOKEN = 16  # a non-streaming answer may echo the prompt
+
+
+def response_limit(rec: RequestRecord, override: int | None) -> int:
+    """The most body bytes one response may bring before the request ends as ``too_large`` and its connection
+    is closed: derived from the tokens asked for, so a server that streams without end cannot exhaust memory.
+    Bodies are parsed once they end, so one SSE line is bounded by the same figure."""
+    if override:
+        return override
+    return (RESPONSE_BASE_BYTES + RESPONSE_BYTES_PER_OUTPUT_TOKEN * max(1, rec.max_tokens)
+            + RESPONSE_BYTES_PER_INPUT_TOKEN * max(0, rec.input_tokens))
+
+
+def too_large_error(limit: int) -> str:
+    return (f"the response passed {limit:,} bytes, its bound for the tokens asked for; the connection was closed "
+            "(--max-response-bytes sets another bound)")
 
 
 def finish_http_stream(rec: RequestRecord, parser: StreamParser, times: list[int], chunks: list[bytes],

@@ -21,25 +21,29 @@ from loadgen.core.records import (
     ERR_CONNECTION,
     ERR_HTTP,
     ERR_TIMEOUT,
+    ERR_TOO_LARGE,
     STATUS_CANCELLED,
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_http_stream, http_target
+from loadgen.transport.common import finish_http_stream, http_target, response_limit, too_large_error
 from loadgen.transport.http import HttpTransport
 
 _now = time.perf_counter_ns
 
 
 class _Exchange:
-    __slots__ = ("times", "chunks", "framing", "done", "error")
+    __slots__ = ("times", "chunks", "framing", "done", "error", "limit", "size", "too_large")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self.times: list[int] = []
         self.chunks: list[bytes] = []
         self.framing = ResponseFraming()
         self.done: asyncio.Future[None] = loop.create_future()
         self.error: str | None = None
+        self.limit = limit  # body bytes this response may bring (transport.common.response_limit)
+        self.size = 0
+        self.too_large = False
 
 
 class _Conn(asyncio.Protocol):
@@ -67,6 +71,11 @@ class _Conn(asyncio.Protocol):
             self._finish(ex, keep=False)
             return
         if body:
+            ex.size += len(body)
+            if ex.size > ex.limit:
+                ex.too_large = True
+                self._finish(ex, keep=False)  # closing the connection stops the server's stream
+                return
             ex.times.append(t)
             ex.chunks.append(body)
         if ex.framing.complete:
@@ -108,8 +117,10 @@ class FastHttpTransport:
     """Same interface as ``HttpTransport`` (``start``, ``close``, ``get_json``, ``post_json``, ``stream``)."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
-                 request_timeout_s: float | None = None, max_connections: int = 0) -> None:
+                 request_timeout_s: float | None = None, max_connections: int = 0,
+                 max_response_bytes: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
         self.host, self.port, self.prefix, self.tls, self._head_tail = http_target(self.base_url, headers)
         self.verify_tls = verify_tls
         self.request_timeout_s = request_timeout_s
@@ -170,7 +181,7 @@ class FastHttpTransport:
     async def stream(self, path: str, body: bytes, rec: RequestRecord, parser, t0: int) -> None:
         loop = asyncio.get_running_loop()
         payload = self._request_bytes(path, body)
-        ex = _Exchange(loop)
+        ex = _Exchange(loop, response_limit(rec, self.max_response_bytes))
         try:
             try:
                 conn = await self._connection()
@@ -207,7 +218,9 @@ class FastHttpTransport:
         if ex.times:
             rec.first_byte_ns = ex.times[0] - t0
         if rec.status != STATUS_ERROR:
-            if ex.error is not None:
+            if ex.too_large:
+                rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(ex.limit)
+            elif ex.error is not None:
                 rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_CONNECTION, ex.error[:500]
             elif fr.headers_done and fr.status >= 300:
                 text = b"".join(ex.chunks).decode("utf-8", "replace")

@@ -21,14 +21,15 @@ from loadgen.codecs.triton_grpc import GrpcStreamParser, Tensor
 from loadgen.core.records import (
     ERR_CONNECTION,
     ERR_TIMEOUT,
+    ERR_TOO_LARGE,
     STATUS_CANCELLED,
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_grpc_stream
+from loadgen.transport.common import finish_grpc_stream, response_limit, too_large_error
 
 _now = time.perf_counter_ns
-_MAX_MSG = 2**31 - 1
+_MAX_MSG = 64 * 1024 * 1024  # one gRPC message; far above any SLM response, and a bound on a hostile one
 
 
 def _raw_bytes(arr: np.ndarray) -> bytes:
@@ -58,18 +59,23 @@ def probe_request(method: str, fields: dict[str, Any]) -> Any:
 
 
 class _Pending:
-    __slots__ = ("times", "responses", "done", "error")
+    __slots__ = ("times", "responses", "done", "error", "limit", "size", "too_large")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = 1 << 62) -> None:
         self.times: list[int] = []
         self.responses: list[Any] = []
         self.done: asyncio.Future[bool] = loop.create_future()
         self.error: str | None = None
+        self.limit = limit  # response bytes this request may bring (transport.common.response_limit)
+        self.size = 0
+        self.too_large = False
 
 
 class GrpcStreamTransport:
-    def __init__(self, target: str, *, request_timeout_s: float | None = None, tls: bool = False) -> None:
+    def __init__(self, target: str, *, request_timeout_s: float | None = None, tls: bool = False,
+                 max_response_bytes: int | None = None) -> None:
         self.target = target.removeprefix("grpc://").removeprefix("grpcs://")
+        self.max_response_bytes = max_response_bytes
         self.tls = tls or target.startswith("grpcs://")
         self.request_timeout_s = request_timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -122,6 +128,12 @@ class GrpcStreamTransport:
                 p = pending.get(rid)
                 if p is None:
                     continue  # a late response of a request that already timed out
+                p.size += resp.ByteSize()
+                if p.size > p.limit:  # past its bound: the request ends; the rest of its responses are dropped
+                    p.too_large = True
+                    if not p.done.done():
+                        p.done.set_result(False)
+                    continue
                 if resp.error_message:
                     p.error = resp.error_message
                     p.times.append(t)
@@ -151,7 +163,7 @@ class GrpcStreamTransport:
         loop = asyncio.get_running_loop()
         self._next_id += 1
         rid = f"{rec.index}-{self._next_id}"
-        p = _Pending(loop)
+        p = _Pending(loop, response_limit(rec, self.max_response_bytes))
         self._pending[rid] = p
         req = build_request(model, rid, tensors)
         completed = False
@@ -174,10 +186,14 @@ class GrpcStreamTransport:
             raise
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError) as err:
             rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
-            rec.error = f"{type(err).__name__}: {err}"[:500]
+            # one line: an AioRpcError's str() spans several (details, debug string)
+            text = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
         self._finish(rec, rid, p, parser, t0, completed)
 
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int,
                 completed: bool) -> None:
         self._pending.pop(rid, None)
+        if p.too_large and rec.status != STATUS_ERROR:
+            rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(p.limit)
         finish_grpc_stream(rec, parser, p.times, p.responses, p.error, completed, t0, _now())

@@ -17,19 +17,22 @@ from loadgen.core.records import (
     ERR_CONNECTION,
     ERR_HTTP,
     ERR_TIMEOUT,
+    ERR_TOO_LARGE,
     STATUS_CANCELLED,
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_http_stream
+from loadgen.transport.common import finish_http_stream, response_limit, too_large_error
 
 _now = time.perf_counter_ns
 
 
 class HttpTransport:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, verify_tls: bool = True,
-                 request_timeout_s: float | None = None, max_connections: int = 0) -> None:
+                 request_timeout_s: float | None = None, max_connections: int = 0,
+                 max_response_bytes: int | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
         # identity: aiohttp would ask for gzip by default, and Triton then compresses /infer bodies, which this
         # transport (auto_decompress off: nothing but stamping on the timing path) would hand to the codec as is.
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
@@ -89,12 +92,13 @@ class HttpTransport:
         times: list[int] = []
         chunks: list[bytes] = []
         url = self.base_url + path
+        limit, size = response_limit(rec, self.max_response_bytes), 0
         rec.issued_ns = _now() - t0
         try:
             async with self.session.post(url, data=body) as resp:
                 rec.http_status = resp.status
                 if resp.status >= 300:
-                    text = await resp.text(errors="replace")
+                    text = (await resp.content.read(16384)).decode("utf-8", "replace")  # bounded, like bodies
                     rec.first_byte_ns = _now() - t0
                     rec.status, rec.error_kind = STATUS_ERROR, ERR_HTTP
                     rec.error = f"HTTP {resp.status}: {_short(text)}"
@@ -105,7 +109,13 @@ class HttpTransport:
                     data = await content.readany()
                     if not data:
                         break
-                    times.append(_now())
+                    t = _now()
+                    size += len(data)
+                    if size > limit:
+                        resp.close()  # closing the connection stops the server's stream
+                        rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(limit)
+                        break
+                    times.append(t)
                     chunks.append(data)
         except asyncio.CancelledError:
             # The run is stopping: keep every chunk that did arrive, then let the cancellation through.
