@@ -61,3 +61,23 @@ class BlockingBackend(Protocol):
     def probe(self) -> dict[str, Any]: ...
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None: ...
+
+
+class BackendState:
+    """What every concrete backend holds, asyncio or gevent: its registry entry, its options, and once probed the
+    configured codec and the target facts. (The I/O differs per transport; this does not.)"""
+
+    def __init__(self, kind: Any, opts: Any) -> None:
+        self.kind = kind
+        self.name = kind.name
+        self.url = opts.url
+        self.model = opts.model
+        self.options = opts
+        self.codec: Any = None
+        self.info: dict[str, Any] = {}
+
+    def adopt(self, facts: Any) -> dict[str, Any]:
+        """Take what the probe found: the codec it configures, and the facts for config.json."""
+        self.codec = self.kind.codec(self.model, self.options, facts)
+        self.info = facts.info
+        return self.info

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadgen.codecs.backend import BlockingBackend
+from loadgen.codecs.backend import BackendState, BlockingBackend
 from loadgen.codecs.probe import (
     LOCUST_FLAGS,
     GrpcCall,
@@ -27,20 +27,14 @@ from loadgen.locust.transports import GeventGrpcTransport, GeventHttpTransport
 __all__ = ["BACKENDS", "BackendOptions", "make_backend"]
 
 
-class GeventHttpBackend:
+class GeventHttpBackend(BackendState):
     """Any HTTP kind of the registry over ``GeventHttpTransport``."""
 
     def __init__(self, kind: BackendKind, opts: BackendOptions) -> None:
-        self.kind = kind
-        self.name = kind.name
-        self.url = opts.url
-        self.model = opts.model
-        self.options = opts
+        super().__init__(kind, opts)
         self.transport = GeventHttpTransport(opts.url, headers=opts.headers, verify_tls=opts.verify_tls,
                                              request_timeout_s=opts.request_timeout_s,
                                              max_response_bytes=opts.max_response_bytes)
-        self.codec: Any = None
-        self.info: dict[str, Any] = {}
 
     @property
     def endpoint(self) -> str:
@@ -63,28 +57,20 @@ class GeventHttpBackend:
 
     def probe(self) -> dict[str, Any]:
         facts = drive(self.kind.probe(Target(self.url, self.model, LOCUST_FLAGS)), self._answer)
-        self.codec = self.kind.codec(self.model, self.options, facts)
-        self.info = facts.info
-        return self.info
+        return self.adopt(facts)
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         codec = self.codec
         self.transport.stream(codec.path, codec.body(spec), rec, codec.parser(spec), t0)
 
 
-class GeventGrpcBackend:
+class GeventGrpcBackend(BackendState):
     """Triton gRPC streaming over ``GeventGrpcTransport``."""
 
     def __init__(self, kind: BackendKind, opts: BackendOptions) -> None:
-        self.kind = kind
-        self.name = kind.name
-        self.url = opts.url
-        self.model = opts.model
-        self.options = opts
+        super().__init__(kind, opts)
         self.transport = GeventGrpcTransport(opts.url, request_timeout_s=opts.request_timeout_s,
                                              max_response_bytes=opts.max_response_bytes)
-        self.codec: Any = None
-        self.info: dict[str, Any] = {}
 
     @property
     def endpoint(self) -> str:
@@ -109,9 +95,7 @@ class GeventGrpcBackend:
 
     def probe(self) -> dict[str, Any]:
         facts = drive(self.kind.probe(Target(self.url, self.model, LOCUST_FLAGS)), self._answer)
-        self.codec = self.kind.codec(self.model, self.options, facts)
-        self.info = facts.info
-        return self.info
+        return self.adopt(facts)
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         assert self.codec is not None, "probe() first"

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from loadgen.codecs.backend import Backend
+from loadgen.codecs.backend import Backend, BackendState
 from loadgen.codecs.probe import (
     RUNNER_FLAGS,
     GrpcCall,
@@ -40,18 +40,12 @@ def _why(err: BaseException) -> str:
     return (os_err.strerror if os_err is not None and os_err.strerror else None) or str(err) or type(err).__name__
 
 
-class AsyncHttpBackend:
+class AsyncHttpBackend(BackendState):
     """Any HTTP kind of the registry (Triton generate / generate_stream, KServe infer, OpenAI)."""
 
     def __init__(self, kind: BackendKind, opts: BackendOptions, transport: HttpTransport | FastHttpTransport) -> None:
-        self.kind = kind
-        self.name = kind.name
-        self.url = opts.url
-        self.model = opts.model
-        self.options = opts
+        super().__init__(kind, opts)
         self.transport = transport
-        self.codec: Any = None
-        self.info: dict[str, Any] = {}
 
     async def start(self) -> None:
         await self.transport.start()
@@ -69,30 +63,22 @@ class AsyncHttpBackend:
 
     async def probe(self) -> dict[str, Any]:
         facts = await drive_async(self.kind.probe(Target(self.url, self.model, RUNNER_FLAGS)), self._answer)
-        self.codec = self.kind.codec(self.model, self.options, facts)
-        self.info = facts.info
-        return self.info
+        return self.adopt(facts)
 
     async def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         codec = self.codec
         await self.transport.stream(codec.path, codec.body(spec), rec, codec.parser(spec), t0)
 
 
-class AsyncGrpcBackend:
+class AsyncGrpcBackend(BackendState):
     """Triton gRPC streaming: every request on one ``ModelStreamInfer`` stream."""
 
     def __init__(self, kind: BackendKind, opts: BackendOptions) -> None:
         from loadgen.transport.grpc import GrpcStreamTransport
 
-        self.kind = kind
-        self.name = kind.name
-        self.url = opts.url
-        self.model = opts.model
-        self.options = opts
+        super().__init__(kind, opts)
         self.transport = GrpcStreamTransport(opts.url, request_timeout_s=opts.request_timeout_s,
                                              max_response_bytes=opts.max_response_bytes)
-        self.codec: Any = None
-        self.info: dict[str, Any] = {}
 
     async def start(self) -> None:
         await self.transport.start()
@@ -113,9 +99,7 @@ class AsyncGrpcBackend:
 
     async def probe(self) -> dict[str, Any]:
         facts = await drive_async(self.kind.probe(Target(self.url, self.model, RUNNER_FLAGS)), self._answer)
-        self.codec = self.kind.codec(self.model, self.options, facts)
-        self.info = facts.info
-        return self.info
+        return self.adopt(facts)
 
     async def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         assert self.codec is not None, "probe() first"
