@@ -1,4 +1,5 @@
-"""``loadgen report RUN_DIR [RUN_DIR ...]``: re-render saved levels side by side, or print them as JSON.
+"""``loadgen report RUN_DIR [RUN_DIR ...]``: re-render saved levels side by side, or print them as JSON; ``--html``
+also writes them as one self-contained page (``loadgen.report_html``).
 
 A run directory normally holds ``summary.json``. A crashed run may have only ``records.jsonl`` and ``config.json``:
 its summary is then recomputed from the records (the same ``summarize`` the runner uses) and the report says so,
@@ -17,12 +18,17 @@ from rich.console import Console
 from loadgen.core.metrics import metrics_help
 from loadgen.core.summary import LevelContext, level_records_files, load_level_records, summarize
 from loadgen.errors import UsageError
-from loadgen.report import render_report
+from loadgen.report import output_width, render_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (one row per level)")
     parser.add_argument("--json", action="store_true", help="print the summaries as one JSON list instead")
+    parser.add_argument("--html", nargs="?", const="report.html", default=None, metavar="FILE",
+                        help="also write one self-contained HTML page (plots inlined: it opens offline): the run's "
+                             "page for one RUN_DIR, a side-by-side comparison for several. FILE defaults to "
+                             "report.html in the current directory, not next to the runs: a run's own "
+                             "report.html stays as the run wrote it")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = metrics_help()
 
@@ -81,6 +87,7 @@ def load_run_dir(run_dir: str | Path) -> tuple[list[dict], str | None]:
 def execute(args: argparse.Namespace) -> int:
     summaries: list[dict] = []
     notes: list[str] = []
+    levels: list[tuple[Path | None, dict]] = []  # for --html: each level with the directory of its records
     for run_dir in args.run_dirs:
         items, note = load_run_dir(run_dir)
         if note:
@@ -89,11 +96,28 @@ def execute(args: argparse.Namespace) -> int:
             for s in items:
                 s.setdefault("label", f"{Path(run_dir).name}/{s.get('name', '?')}")
         summaries.extend(items)
+        levels += [(Path(run_dir) if len(items) == 1 else None, s) for s in items]
     for note in notes:
         print(f"loadgen report: {note}", file=sys.stderr)
+    if args.html:
+        _write_html(Path(args.html), levels)
     if args.json:
         sys.stdout.write(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     title = "loadgen report: " + ", ".join(str(d) for d in args.run_dirs)
-    render_report(summaries, Console(), title=title)
+    # COLUMNS when set, else the terminal's width, else 120 (a pipe or a CI log: no terminal to ask)
+    render_report(summaries, Console(width=output_width()), title=title)
     return 0
+
+
+def _write_html(path: Path, levels: list[tuple[Path | None, dict]]) -> None:
+    """``--html``: the page of the levels (read-only on the run directories: a run's series comes from its
+    ``timeseries.json``, or from its records when an older run has none)."""
+    from loadgen.report_html import collect_run, write_report
+
+    runs = [collect_run(run_dir, summary) for run_dir, summary in levels]
+    try:
+        write_report(path, runs)
+    except OSError as err:
+        raise UsageError(f"--html {path}: cannot write ({err.strerror or err})") from err
+    print(f"loadgen report: wrote {path}", file=sys.stderr)

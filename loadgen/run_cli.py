@@ -27,9 +27,13 @@ def _epilog() -> str:
 
 
 def console_for_output() -> Any:
+    """The console of the run's live view and report: COLUMNS when set, else the terminal's width, else 120 (a
+    pipe or a CI log, where there is no terminal to ask)."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 120)
+    from loadgen.report import output_width
+
+    return Console(width=output_width())
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -64,7 +68,7 @@ def run_scenario(sc: Any) -> int:
     n = sc.load.workers
     records = "records.jsonl" if n == 1 else f"records.w{{0..{n - 1}}}.jsonl"
     console.print(f"records: {result.run_dir / records}   summary: {result.run_dir / 'summary.json'}   "
-                  f"definitions: {result.run_dir / 'report.txt'}")
+                  f"definitions: {result.run_dir / 'report.txt'}   plots: {result.run_dir / 'report.html'}")
     code = verdict(result)
     if code == 130:
         console.print("[yellow]interrupted: the records received so far are saved[/]")

@@ -79,11 +79,16 @@ def test_warning_lines_are_red(summaries):
     assert re.search(r'<span style="color: #800000[^"]*font-weight: bold[^"]*">INVALID rate-150', html)
 
 
-def test_narrow_console_splits_tables_instead_of_squeezing(summaries):
+def test_narrow_console_stacks_tables_instead_of_splitting_or_squeezing(summaries):
     text = _render(summaries, 80)
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert "Latency from issued time (ms) (1/2)" in text
-    assert re.search(r"rate-100\s+12\.5\s+12\.5\s+12\.5\s+4\.00\s+4\.00\s+4\.00\s*$", text, re.M)
+    assert "(1/2)" not in text and "(2/2)" not in text  # no table cut into numbered parts
+    assert text.count("Latency from issued time (ms)") == 1
+    # the latency groups stacked: one row per metric and level, one column per percentile
+    assert re.search(r"^TTFT\s+rate-100\s+12\.5\s+12\.5\s+12\.5\s*$", text, re.M)
+    assert re.search(r"^TPOT\s+rate-100\s+4\.00\s+4\.00\s+4\.00$", text, re.M)
+    # the throughput turned round: one row per metric with its unit, one column per level
+    assert re.search(r"^target rate\s+req/s\s+100\s+150$", text, re.M)
     assert "…" not in text  # nothing truncated with an ellipsis
 
 
