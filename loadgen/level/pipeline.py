@@ -64,7 +64,9 @@ class Driver(Protocol):
 
 
 class SideTask(Protocol):
-    """Something that watches the level from beside it (e.g. the server's own metrics)."""
+    """Something that watches the level from beside it (e.g. the server's own metrics). A side task with a
+    ``watch_server_metrics(sampler)`` method is handed the level's server-metrics sampler (when there is one)
+    before it starts, to read its scrapes instead of scraping the same page again."""
 
     def start(self) -> Any: ...
 
@@ -134,10 +136,14 @@ def run_level(sc: Scenario, driver: Driver, opts: LevelOptions) -> LevelResult:
             setattr(ctx, key, value)
         config = base_config(sc, opts, url, server, ctx)
         opened: dict[str, Path] = {}
+        sampler = _server_metrics(sc, url, metrics_url, console, opts.side_tasks)
+        tasks = [*([sampler] if sampler is not None else []), *opts.side_tasks]
 
         def open_dir(info: dict[str, Any]) -> Path:
             run_dir = _open_dir(sc, opts, name, config, info)
             opened["dir"] = run_dir
+            if sampler is not None:  # it has scraped since before the probe; its file starts now
+                sampler.open(run_dir)
             if opts.announce and console is not None:
                 console.print(f"[bold]loadgen {opts.front_end}[/] {name} -> {url} ({sc.target.backend}, model "
                               f"{sc.target.model})")
@@ -148,16 +154,18 @@ def run_level(sc: Scenario, driver: Driver, opts: LevelOptions) -> LevelResult:
                 power.start(run_dir, metrics_url, url)
             return run_dir
 
-        driven = _drive(driver, LevelRun(sc, plan, url, console, sc.results.live, open_dir), opts, opened)
+        driven = _drive(driver, LevelRun(sc, plan, url, console, sc.results.live, open_dir), tasks, opened)
         run_dir = opened["dir"]
         try:
             settle_config(run_dir, ctx, config, driven.outcome.issue_end_ns if driven.outcome else None,
                           driven.client, power)
             summary = summarize_level(run_dir, ctx, power)
-            for task in opts.side_tasks:
+            for task in tasks:
                 task.contribute(run_dir, summary)
             write_results(run_dir, summary, plan.describe)
         except OSError as err:
+            if isinstance(driven.failure, ResultsError):  # the records failed first: that line says more
+                raise driven.failure from None
             raise ResultsError(f"cannot write the results in {run_dir} ({err.strerror or err}); the records "
                                f"written so far are kept: `loadgen report {run_dir}` reads them") from None
         return LevelResult(run_dir, summary, driven, sc)
@@ -179,11 +187,32 @@ def _open_dir(sc: Scenario, opts: LevelOptions, name: str, config: dict[str, Any
     return run_dir
 
 
-def _drive(driver: Driver, run: LevelRun, opts: LevelOptions, opened: dict[str, Path]) -> Driven:
+def _server_metrics(sc: Scenario, url: str, metrics_url: str | None, console: Any,
+                    side_tasks: Sequence[SideTask]) -> Any:
+    """The default side task: the server's Prometheus page sampled into ``server_metrics.jsonl``
+    (``--server-metrics``; ``auto`` is the embedded or the front end's server's page, else derived from the URL).
+    One sampler per level (the ``--workers`` parent runs it); side tasks that watch the same page read it."""
+    from loadgen.telemetry.server_metrics import sampler_for
+
+    def say(text: str) -> None:
+        if console is not None:
+            console.print(text, style="yellow", markup=False, highlight=False)
+
+    res = sc.results
+    sampler = sampler_for(res.server_metrics, res.server_metrics_interval, sc.target.backend, url, metrics_url, say)
+    if sampler is not None:
+        for task in side_tasks:
+            watch = getattr(task, "watch_server_metrics", None)
+            if watch is not None:
+                watch(sampler)
+    return sampler
+
+
+def _drive(driver: Driver, run: LevelRun, tasks: Sequence[SideTask], opened: dict[str, Path]) -> Driven:
     """The driver's run, with the side tasks around it; Ctrl-C after the run directory exists keeps it."""
     started = []
     try:
-        for task in opts.side_tasks:
+        for task in tasks:
             task.start()
             started.append(task)
         return driver.drive(run)

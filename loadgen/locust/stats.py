@@ -7,7 +7,9 @@ A load-generating node (the local runner or a worker) folds each finished record
 ``LLMStats``. Histograms add exactly, so the merged percentiles are those of all workers' values within the
 histogram's 3-significant-digit resolution, never Locust's two digits; the master never sees a per-token event.
 
-``LLMStats`` also keeps the last few seconds of deltas for "current" values (the charts) and a bounded history.
+``LLMStats`` also keeps the last few seconds of deltas for "current" values (the charts) and a bounded history;
+with a ``server_source`` (the level's server-metrics sampler) each history point also holds the server's queued
+and running requests and KV-cache usage, for the web UI's server charts.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ COUNTERS = ("records", "measured", "issued", "completed", "errors", "dropped", "
 PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 PCT_KEYS = ("p50", "p90", "p95", "p99", "p999")
 WINDOW_S = 10.0  # "current" values: the deltas of the last this many seconds
+SERVER_STALE_NS = 5_000_000_000  # a server scrape older than this is not "now" (the page stopped answering)
+SERVER_KEYS = ("queued", "running", "kv_usage")
 HISTORY_MAX = 3600
 FLUSH_CHUNKS = 4096  # bulk-record pending values in slices this small: no long stall of the generator's hub
 
@@ -287,6 +291,7 @@ class LLMStats:
         self._rows_cache: tuple[Any, list[dict[str, Any]]] | None = None
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY_MAX)
         self.deltas = 0
+        self.server_source: Any = None  # () -> the sampler's latest common values (or None)
 
     def merge(self, delta: dict[str, Any] | None) -> None:
         if not delta:
@@ -380,7 +385,15 @@ class LLMStats:
                 point[f"{name}_{key}_ms"] = None if v is None else round(v / 1e6, 4)
         point["errors"] = {k: v for k, v in self.errors.items() if v}
         point["completed"] = self.counts["completed"]
+        point.update(self._server_point())
         return point
+
+    def _server_point(self) -> dict[str, Any]:
+        """``server_queued``, ``server_running``, ``server_kv_usage``: the server's latest scrape, when fresh."""
+        latest = self.server_source() if self.server_source is not None else None
+        if not latest or time.perf_counter_ns() - int(latest.get("t_mono_ns", 0)) > SERVER_STALE_NS:
+            return {}
+        return {f"server_{k}": latest.get(k) for k in SERVER_KEYS}
 
     def tick(self) -> dict[str, Any]:
         point = self.snapshot()

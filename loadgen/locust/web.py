@@ -3,8 +3,9 @@
 Locust's web UI is a bundled React app with a fixed set of charts; its extension points are an extra tab holding a
 table (``extendedTabs``/``extendedTables``, filled from ``extended_stats`` in ``/stats/requests``) and extra links
 in "Download Data" (``extendedCsvFiles``). The LLM table goes in the tab; the charts (TTFT, TPOT, ITL, E2E
-percentiles, tokens/s, errors/s) are a small self-contained page at ``/loadgen/charts`` (no external scripts),
-linked from "Download Data"; ``/loadgen/stats`` serves the numbers as JSON and ``/loadgen/stats.csv`` as CSV.
+percentiles, tokens/s, errors/s, and beside them the server's own queued and running requests and KV-cache usage
+from the level's server-metrics sampler) are a small self-contained page at ``/loadgen/charts`` (no external
+scripts), linked from "Download Data"; ``/loadgen/stats`` serves the numbers as JSON and ``/loadgen/stats.csv`` as CSV.
 Locust's own statistics, charts and HTML report get one entry per LLM request (response time = E2E), and the HTML
 report (``--html`` or "Download Report") gets the LLM table appended.
 """
@@ -36,7 +37,8 @@ def install(web_ui: Any, session: Any) -> None:
         {"key": TAB_KEY, "structure": [{"key": k, "title": t} for k, t in TABLE]}]
     web_ui.template_args["extendedCsvFiles"] = [
         {"href": "./loadgen/stats.csv", "title": "Download LLM metrics CSV (3+ significant digits)"},
-        {"href": "./loadgen/charts", "title": "LLM charts: TTFT, TPOT, ITL, E2E, output tokens/s, errors"},
+        {"href": "./loadgen/charts", "title": "LLM charts: TTFT, TPOT, ITL, E2E, output tokens/s, errors, server "
+         "queue and KV cache"},
     ]
 
     @app.route("/loadgen/stats")
@@ -122,7 +124,8 @@ body{font-family:sans-serif;margin:16px;background:#fafafa}h1{font-size:20px}
 .legend span{margin-right:12px;font-size:12px}svg{width:100%;height:220px}
 table{border-collapse:collapse;font-size:13px;margin-top:16px}td,th{border:1px solid #ccc;padding:3px 8px}
 </style></head><body>
-<h1>LLM metrics: TTFT, TPOT, ITL, E2E (current percentiles, last 10 s), output tokens/s, errors/s</h1>
+<h1>LLM metrics: TTFT, TPOT, ITL, E2E (current percentiles, last 10 s), output tokens/s, errors/s; the server's
+queue and KV cache (its metrics page, --server-metrics)</h1>
 <div class="grid" id="charts"></div>
 <table id="table"></table>
 <script>
@@ -132,7 +135,9 @@ const CHARTS=[
  {title:"ITL (ms)",keys:["itl_p50_ms","itl_p90_ms","itl_p99_ms"]},
  {title:"E2E (ms)",keys:["e2e_p50_ms","e2e_p90_ms","e2e_p99_ms"]},
  {title:"Output tokens/s",keys:["output_tokens_per_s"]},
- {title:"Requests/s and errors/s",keys:["requests_per_s","errors_per_s"]}];
+ {title:"Requests/s and errors/s",keys:["requests_per_s","errors_per_s"]},
+ {title:"Server: queued and running requests",keys:["server_queued","server_running"]},
+ {title:"Server: KV-cache usage (0..1)",keys:["server_kv_usage"]}];
 const COLORS=["#1f77b4","#ff7f0e","#d62728","#2ca02c"];
 function esc(s){return String(s).replace(/[&<>]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;"}[c]))}
 function chart(c,hist){

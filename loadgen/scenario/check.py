@@ -221,6 +221,9 @@ def _check_texts(sc: Scenario) -> None:
     from loadgen.power.monitor import check_power
 
     check_power(sc.power.source, sc.power.interval, sc.power.gpus, sc.power.idle)
+    from loadgen.telemetry.server_metrics import check_server_metrics
+
+    check_server_metrics(sc.results.server_metrics, sc.results.server_metrics_interval)
 
 
 def _check_limits(sc: Scenario) -> None:

@@ -84,8 +84,8 @@ def add_flags(parser: Any, sections: Iterable[str] | None = None, *, skip: Itera
             # --no-x turns a default-on switch off, --x turns a default-off switch on
             kw["action"] = "store_false" if info.default else "store_true"
         else:
-            if meta.get("metavar"):
-                kw["metavar"] = meta["metavar"]
+            # the metavar argparse would derive from dest is "SC__LOAD__RATE": say RATE instead
+            kw["metavar"] = meta.get("metavar") or name.upper()
             if (section, name) in LIST_FIELDS:
                 kw["action"] = "append"
         if locust:

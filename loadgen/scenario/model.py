@@ -179,6 +179,12 @@ class Results(Section):
     slo: str | None = opt(None, "--slo", "goodput thresholds, e.g. ttft=500ms,tpot=50ms,e2e=10s", ui=True)
     fail_on: str | None = opt(None, "--fail-on", "exit 4 when missed, e.g. 'ttft_p99<500ms,error_rate<1%%'", ui=True)
     live: bool = opt(True, "--no-live", "no live progress display")
+    server_metrics: str = opt("auto", "--server-metrics", "scrape the server's Prometheus metrics during the run "
+                              "into server_metrics.jsonl (queue, batch, KV cache): auto (the embedded server's; "
+                              "Triton: http://HOST:8002/metrics; OpenAI-compatible: URL/metrics), a URL, or off",
+                              metavar="URL|auto|off")
+    server_metrics_interval: Seconds = opt(0.5, "--server-metrics-interval", "time between two scrapes of "
+                                           "--server-metrics (default 500ms = 2 Hz; 100ms to 10s)")
 
 
 class Power(Section):

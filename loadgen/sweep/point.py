@@ -4,8 +4,8 @@ report`` reads it) and its ``config.json`` holds the point's resolved ``scenario
 
 What a point adds to a plain run: its server is already up (the sweep owns it), the ``offline`` load (all N
 requests at t=0: a closed loop of N users with one request each, measured until the last token, as the study
-did), the server's own view (``ServerWatch``), and the completion rate (the pace at which the server finished
-requests: the open-loop saturation signal).
+did), the server's own view (``ServerWatch``, fed by the level's server-metrics sampler at 5 Hz), and the
+completion rate (the pace at which the server finished requests: the open-loop saturation signal).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from loadgen.sweep.scrape import ServerWatch
 from loadgen.sweep.targets import Running
 
 OFFLINE_LAG_BOUND_MS = 1000.0  # issuing N requests at once takes time: bound the schedule lag at 1 s, not 10 ms
+WATCH_INTERVAL_S = 0.2  # the sweep's view of the server: 5 Hz at least, as before the sampler fed it
+WATCH_SETTLE_S = 0.3  # the last scrape waits this long: counters updated at the very end are seen
 
 
 def point_scenario(spec: SweepSpec, point: Point, url: str, out_dir: Path) -> Scenario:
@@ -59,18 +61,26 @@ def completion_rate(run_dir: Path) -> float | None:
 
 
 class PointWatch:
-    """The sweep point's side task: the server's metrics during the level, and the completion rate after."""
+    """The sweep point's side task: the server's metrics during the level (from the level's sampler, which the
+    pipeline hands to ``watch_server_metrics``: one scraper per level), and the completion rate after."""
 
-    def __init__(self, metrics_url: str | None) -> None:
-        self.watch = ServerWatch(metrics_url)
+    def __init__(self) -> None:
+        self.watch = ServerWatch()
+        self.sampler: Any = None
+
+    def watch_server_metrics(self, sampler: Any) -> None:
+        self.sampler = sampler
+        sampler.add_listener(self.watch.feed, settle_s=WATCH_SETTLE_S, interval_s=WATCH_INTERVAL_S)
 
     def start(self) -> Any:
-        return self.watch.start()
+        return self
 
     def stop(self) -> None:
-        self.watch.stop()
+        pass
 
     def contribute(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        if self.sampler is not None and not self.watch.samples:
+            self.watch.error = self.sampler.error
         summary["extra"]["server_watch"] = self.watch.result()
         summary["extra"]["completion_rate_rps"] = completion_rate(run_dir)
 
@@ -92,7 +102,7 @@ def run_point(spec: SweepSpec, point: Point, running: Running, run_dir: Path, co
     offline = point.load.kind == "offline"
     opts = LevelOptions(
         front_end="sweep", console=_quiet_console(), plan=plan_level(sc, offline=offline), url=running.url,
-        metrics_url=running.metrics_url, run_dir=run_dir, announce=False, side_tasks=[PointWatch(running.metrics_url)],
+        metrics_url=running.metrics_url, run_dir=run_dir, announce=False, side_tasks=[PointWatch()],
         config_extra={"argv": ["loadgen", "sweep", f"(point {point.id})"], "server": running.describe(),
                       "embedded_server": running.describe() if point.target.kind == "embedded" else None,
                       "sweep_point": point.definition(spec.workload)},

@@ -3,18 +3,14 @@
 The study's batch is the engine's mean number of *running* requests (the client's in-flight count also holds the
 queued ones), and runs with KV-cache preemptions are flagged. Both come from the server's metrics endpoint when
 there is one: the embedded server (``loadgen_emulated_*`` and TensorRT-LLM's ``nv_trt_llm_*`` names), Triton with
-TensorRT-LLM (``nv_trt_llm_*``) and vLLM (``vllm:*``). A thread polls it a few times a second during the point;
-a server without the endpoint just leaves these columns empty.
+TensorRT-LLM (``nv_trt_llm_*``) and vLLM (``vllm:*``). The level's one scraper, the server-metrics sampler
+(``loadgen.telemetry.server_metrics``, 5 Hz in a sweep), hands each scrape to ``ServerWatch.feed``; a server
+without the endpoint just leaves these columns empty.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-import urllib.request
 from typing import Any
-
-from loadgen.telemetry.prometheus import parse_samples
 
 # (metric name, label that must match or None): the first family present wins
 RUNNING = (("loadgen_emulated_requests", ("state", "running")),
@@ -27,7 +23,7 @@ PREEMPTIONS = (("loadgen_emulated_preemptions_total", None), ("vllm:num_preempti
 STEP_LAG = (("loadgen_emulated_step_lag_seconds", ("quantile", "0.99")),)
 SEND_DELAY = (("loadgen_emulated_send_delay_seconds", ("quantile", "0.99")),)
 COMPLETED = "loadgen_emulated_requests_completed_total"  # per replica (label "instance"): the load balance
-# the sample names read from a scrape (a vLLM or Triton page has hundreds of others)
+# the sample names read from a scrape (the sampler's prefilter, vocabulary.KNOWN, keeps them all)
 WANTED = frozenset({name for fams in (RUNNING, KV_USAGE, PREEMPTIONS, STEP_LAG, SEND_DELAY) for name, _ in fams}
                    | {COMPLETED})
 
@@ -42,54 +38,22 @@ def pick(samples: list[tuple[str, dict[str, str], float]], families: tuple) -> l
 
 
 class ServerWatch:
-    """Polls ``metrics_url`` from a daemon thread between ``start()`` and ``stop()``; ``result()`` sums it up."""
+    """Aggregates the scrapes a level's sampler hands to ``feed``; ``result()`` sums them up."""
 
-    def __init__(self, metrics_url: str | None, interval_s: float = 0.2) -> None:
-        self.url = metrics_url
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, list | None, list | None, list | None, list | None, list | None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, list | None, list | None, list | None, list | None, list | None]] = []
         self.error: str | None = None
         self.first_completed: dict[str, float] | None = None
         self.last_completed: dict[str, float] | None = None
 
-    def _scrape(self) -> None:
-        assert self.url is not None
-        try:
-            with urllib.request.urlopen(self.url, timeout=2.0) as resp:  # noqa: S310 - the user's own endpoint
-                text = resp.read().decode("utf-8", "replace")
-        except (OSError, ValueError) as err:
-            self.error = f"{type(err).__name__}: {err}"
-            return
-        s = parse_samples(text, WANTED)
-        self.samples.append((time.monotonic(), pick(s, RUNNING), pick(s, KV_USAGE), pick(s, PREEMPTIONS),
+    def feed(self, t_ns: int, s: list[tuple[str, dict[str, str], float]]) -> None:
+        """One scrape's samples (``parse_samples`` output), from the sampler's thread."""
+        self.samples.append((t_ns, pick(s, RUNNING), pick(s, KV_USAGE), pick(s, PREEMPTIONS),
                              pick(s, STEP_LAG), pick(s, SEND_DELAY)))
         done = {lab.get("instance", ""): v for n, lab, v in s if n == COMPLETED}
         if done:
             self.first_completed = self.first_completed or done
             self.last_completed = done
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._scrape()
-
-    def start(self) -> ServerWatch:
-        if self.url:
-            self._scrape()
-            self._thread = threading.Thread(target=self._run, name="sweep-server-watch", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, settle_s: float = 0.3) -> None:
-        """Stop polling; the last scrape waits ``settle_s`` so that counters updated at the very end (servers
-        publish every 100 ms or so) are seen."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=5.0)
-            time.sleep(settle_s)
-            self._scrape()
-            self._thread = None
 
     def result(self) -> dict[str, Any]:
         """Mean running requests per replica over the busy samples, KV peak, preemptions during the point."""
