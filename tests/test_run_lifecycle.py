@@ -57,7 +57,13 @@ def test_server_gone_mid_run_exit_3_with_valid_run_dir(tmp_path, capsys):
     try:
         import threading
 
-        threading.Timer(1.0, srv.__exit__, args=(None, None, None)).start()
+        def stop_after_25() -> None:  # after 25 requests, not after a time: start-up cost must not matter
+            deadline = time.monotonic() + 60
+            while srv.requests < 25 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            srv.__exit__(None, None, None)
+
+        threading.Thread(target=stop_after_25, daemon=True).start()
         rc = main(["run", "--url", srv.url, "--model", "m", "--rate", "50", "--duration", "30", "--no-live",
                    "--output-tokens", "4", "--out-dir", str(tmp_path), "--max-connection-errors", "10"])
     finally:

@@ -32,12 +32,18 @@ def summarize_level(run_dir: Path, ctx: Any, power: Any = None) -> dict[str, Any
 
 
 def write_results(run_dir: Path, summary: dict[str, Any], describe: list[str] | None = None) -> None:
-    """``summary.json`` and ``report.txt`` (the text report with every definition, then the plan's notes)."""
+    """``summary.json``, ``report.txt`` (the text report with every definition, then the plan's notes) and what
+    happened during the run: ``timeseries.json`` (``summary["timeseries"]`` points at it) and ``report.html``.
+    Here rather than in ``summarize_level`` because every front end calls this (Locust has its own summary),
+    and one pass over the records feeds both the series and the page (``loadgen.report_html``)."""
     from loadgen.report import report_text
+    from loadgen.report_html import collect_run, write_report
 
+    page = collect_run(run_dir, summary, save_series=True)
     write_json(run_dir / "summary.json", summary)
     notes = "".join(line + "\n" for line in describe or [])
     (run_dir / "report.txt").write_text(report_text([summary]) + notes)
+    write_report(run_dir / "report.html", [page])
 
 
 _HINTS = {

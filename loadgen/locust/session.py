@@ -80,6 +80,7 @@ class LocustSession:
         self.run_dir: Path | None = None
         self.summary: dict[str, Any] | None = None
         self.server: Any = None  # embedded Triton, started when --host is empty
+        self.server_metrics: Any = None  # the level's server-metrics sampler (master or local runner)
         self.seed = 0
         self.think_time_s = 0.0
         self.think_dist = "exponential"
@@ -135,6 +136,7 @@ class LocustSession:
         if self.role == "master":
             self.options.loadgen_plan = None  # the workers start nothing
         if self.role != "worker":
+            self._stop_server_metrics()
             self._level = None
             self._end_test()
 
@@ -185,6 +187,7 @@ class LocustSession:
         run_dir = make_run_dir(Path(sc.results.out_dir), name)
         self.stats = LLMStats()
         self.run_dir, self.summary = run_dir, None
+        self._start_server_metrics(sc, url, run_dir)
         self.seed, self.think_time_s, self.think_dist = sc.load.seed, level.think_time_s, level.think_dist
         if self.role == "master":
             runner = self.environment.runner
@@ -225,6 +228,26 @@ class LocustSession:
         config["server_info"] = info
         write_json(run_dir / "config.json", config)
         return config
+
+    def _start_server_metrics(self, sc: Scenario, url: str, run_dir: Path) -> None:
+        """The pipeline's server-metrics side task, once per level (master or local runner, never a worker),
+        from before the load to the finish; its latest values feed the web UI's server charts."""
+        from loadgen.telemetry.server_metrics import sampler_for
+
+        self._stop_server_metrics()
+        known = self.server.metrics_url if self.server is not None and not sc.target.url else None
+        res = sc.results
+        sampler = sampler_for(res.server_metrics, res.server_metrics_interval, sc.target.backend, url, known,
+                              lambda text: log.warning("loadgen: %s", text))
+        if sampler is not None:
+            sampler.open(run_dir)
+            sampler.start()
+            self.stats.server_source = lambda: sampler.latest
+        self.server_metrics = sampler
+
+    def _stop_server_metrics(self) -> None:
+        if self.server_metrics is not None:
+            self.server_metrics.stop()
 
     def _start_worker(self) -> None:
         plan = getattr(self.options, "loadgen_plan", None)
@@ -462,6 +485,20 @@ class LocustSession:
         if missing:
             log.warning("loadgen: %d worker(s) sent no final message; their last stats are missing", missing)
 
+    def _client(self, lv: dict, dones: list[dict]) -> dict:
+        """The summary's client block, with the clock anchor that puts server metrics and power on the records'
+        time axis: t0 on this process's monotonic clock (a local runner's own; the master's from the planned
+        wall-clock t0)."""
+        from loadgen.core.clock import wall_anchor
+
+        client = client_block(dones, lv["plan"]["n"])
+        anchor = wall_anchor()
+        t0 = lv.get("t0") if self.role == "local" else \
+            anchor["monotonic_ns"] + (lv["plan"]["t0_wall_ns"] - anchor["wall_ns"])
+        if t0 is not None:
+            client["anchor"], client["t0_offset_ns"] = anchor, int(t0) - int(anchor["monotonic_ns"])
+        return client
+
     def _finalize(self, lv: dict) -> None:
         """The pipeline's finish (``loadgen.level.finish``), with the summary from every records file when the
         master can read them all, else from the merged histograms; then Locust's own files and the verdict."""
@@ -469,7 +506,7 @@ class LocustSession:
 
         from loadgen.errors import TargetError
         from loadgen.level.finish import judge, no_success, settle_config, write_results
-        from loadgen.report import render_report
+        from loadgen.report import output_width, render_report
 
         lv["finalized"] = True
         if lv.get("ticker") is not None:
@@ -478,7 +515,7 @@ class LocustSession:
         ctx, run_dir = lv["ctx"], Path(lv["plan"]["run_dir"])
         dones = list(lv["dones"].values())
         run_end = max(d["outcome"]["issue_end_ns"] for d in dones) if dones else None
-        settle_config(run_dir, ctx, lv["config"], run_end, client_block(dones, lv["plan"]["n"]))
+        settle_config(run_dir, ctx, lv["config"], run_end, self._client(lv, dones))
         files = [Path(d["records"]) for d in dones]
         readable = len(dones) == lv["plan"]["n"] and all(lreport.count_lines(f) >= d["written"]
                                                           for f, d in zip(files, dones, strict=True))
@@ -486,6 +523,9 @@ class LocustSession:
             summary = lreport.exact_summary(files, ctx)
         else:
             summary = lreport.histogram_summary(self.stats, ctx, lv["level_plan"].offsets)
+        if self.server_metrics is not None:
+            self._stop_server_metrics()
+            self.server_metrics.contribute(run_dir, summary)
         self.summary = summary
         write_results(run_dir, summary, lv["level_plan"].describe)
         lreport.write_stats_csv(run_dir / "llm_stats.csv", self.stats)
@@ -494,17 +534,19 @@ class LocustSession:
         if prefix:
             lreport.write_stats_csv(Path(f"{prefix}_llm_stats.csv"), self.stats)
             lreport.write_history_csv(Path(f"{prefix}_llm_stats_history.csv"), self.stats)
-        console = Console(width=120)
+        console = Console(width=output_width())
         render_report([summary], console, title=f"loadgen (Locust) {ctx.name}", show_legend=False)
         how = "exact, from every records file" if readable else \
             "from the merged histograms; copy the workers' records.w*.jsonl here and run `loadgen report`"
-        console.print(f"run directory: {run_dir} (summary {how})")
+        console.print(f"run directory: {run_dir} (summary {how}; what happened during the run: "
+                      f"{run_dir / 'report.html'})")
         failed = no_success(run_dir, summary)  # nothing succeeded: exit 3 with the likely cause
         if failed is not None:
             raise TargetError(failed)
         judge(lv["level"].scenario.results.fail_on, summary)  # ThresholdFailed: exit code 4 (on_test_stop)
 
     def on_quitting(self) -> None:
+        self._stop_server_metrics()
         html_file = getattr(self.options, "html_file", None)
         if html_file and self.role != "worker" and Path(html_file).is_file():
             page = Path(html_file).read_text(encoding="utf-8")
