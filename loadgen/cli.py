@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "power": ("loadgen.power.cli", "power side-car: sample GPU power/energy to a file (or --analyze a run)"),
     "traces": ("loadgen.traces.cli", "trace statistics (a file or a replay's run), the public trace catalog, fetch"),
     "sweep": ("loadgen.sweep.cli", "a grid of load levels x server configurations; Pareto frontier, knee, advice"),
+    "search": ("loadgen.search.cli", "the highest rate (or users) that meets a --fail-on condition, with confidence"),
     "compare": ("loadgen.sweep.compare", "the same workload against several backends/configurations, side by side"),
 }
 
