@@ -87,7 +87,8 @@ class FaultyTriton:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
-            self._runner = web.AppRunner(self._app(), access_log=None)
+            # a hung handler must not hold the shutdown for aiohttp's default 60 s
+            self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             loop.run_until_complete(site.start())
@@ -95,6 +96,14 @@ class FaultyTriton:
             started.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
+            pending = asyncio.all_tasks(loop)  # handlers still hung after the short shutdown: end them quietly
+            if pending:
+                async def end() -> None:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+
+                loop.run_until_complete(end())
             loop.close()
 
         self._thread = threading.Thread(target=serve, daemon=True)
