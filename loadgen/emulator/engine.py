@@ -62,6 +62,8 @@ class EngineRequest:
     first_token_time_ns: int = 0
     last_token_time_ns: int = 0
     cancelled: bool = False  # set by the host; the engine drops the request at its next step
+    block_hashes: list | None = None  # prefix-cache names of its full blocks (prefix_cache.block_hashes), or None
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache, not prefilled (engine-filled)
     output_tokens: int = 0  # tokens delivered so far (engine-filled)
     preemptions: int = 0  # times its KV cache was dropped and recomputed (engine-filled)
 
@@ -74,6 +76,8 @@ class Engine:
     removes before the server starts) so that they also share bandwidth, power and the energy counter; without
     it the replica behaves as if it had the GPU's bandwidth to itself. ``mps=False`` emulates time slicing
     instead of MPS (must be the same for every replica of a path). ``speed`` divides every emulated duration.
+    ``prefix_cache`` turns automatic prefix caching on (requests that carry ``block_hashes`` reuse the KV blocks
+    of earlier ones); ``block_tokens`` is the KV block size (the pool's memory is the same whatever the size).
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class Engine:
         gpu_memory_fraction: float = DEFAULT_GPU_MEMORY_FRACTION,
         mps: bool = True,
         max_prefill_tokens: int = 2048,
+        prefix_cache: bool = True,
+        block_tokens: int = BLOCK_TOKENS,
     ) -> None:
         self.model = get_model(model)
         self.gpu = get_gpu(gpu)
@@ -97,13 +103,18 @@ class Engine:
             raise UsageError(
                 f"replica_index={replica_index} is invalid for {replicas} replica(s): use 0 to {replicas - 1}"
             )
+        if int(block_tokens) != block_tokens or not 1 <= block_tokens <= 1024:
+            raise UsageError(f"block_tokens={block_tokens!r} is invalid: use a KV block size of 1 to 1024 tokens")
         blocks = check_batch_fits(self.model, self.gpu, max_batch, replicas, gpu_memory_fraction)
+        blocks = blocks * BLOCK_TOKENS // int(block_tokens)  # the same pool memory in blocks of the chosen size
         self.max_batch = int(max_batch)
         self.replicas = int(replicas)
         self.replica_index = int(replica_index)
         self.speed = float(speed)
         self.shared_path = shared_path
         self.mps = bool(mps)
+        self.prefix_cache = bool(prefix_cache)
+        self.block_tokens = int(block_tokens)
         self._power = PowerModel.for_gpu(self.gpu)
         model_p, gpu_p = self.model, self.gpu
         self._sched = Scheduler(
@@ -112,6 +123,8 @@ class Engine:
             max_model_len=self.model.max_model_len,
             max_prefill_tokens=max_prefill_tokens,
             cost_fn=lambda shape: step_cost(model_p, gpu_p, shape),
+            block_tokens=int(block_tokens),
+            prefix_cache=prefix_cache,
         )
         self._shared: SharedGpu | None = None
         self._inbox: deque[EngineRequest] = deque()
@@ -126,6 +139,7 @@ class Engine:
         self.late_steps = 0
         self._late_ns = 0
         self.callback_errors = 0
+        self.dropped = 0  # requests the host cancelled (client gone), queued or running
         self._stopped = False
         self._failed = False
         self._final_energy_j = 0.0
@@ -178,6 +192,7 @@ class Engine:
     def stats(self) -> dict:
         """A snapshot for metrics endpoints; cheap enough to poll every second."""
         sched = self._sched
+        cache = sched.cache
         lags = np.fromiter(list(self._lags_ns), dtype=np.int64) if self._lags_ns else np.zeros(1, np.int64)
         power_w, energy_j, stretch = self._power.idle_w, self._final_energy_j, 1.0
         shared = self._shared
@@ -193,7 +208,14 @@ class Engine:
             "kv_used_blocks": sched.kv_used_blocks,
             "kv_total_blocks": sched.kv_total_blocks,
             "kv_usage": sched.kv_used_blocks / sched.kv_total_blocks,
-            "kv_block_tokens": BLOCK_TOKENS,
+            "kv_block_tokens": sched.block_tokens,
+            "kv_cached_blocks": sched.kv_cached_blocks,
+            "prefix_cache": cache is not None,
+            "prefix_cache_queries": cache.queries if cache is not None else 0,  # prompt tokens looked up
+            "prefix_cache_hits": cache.hits if cache is not None else 0,  # of them found cached
+            "prefix_cache_reused_blocks": cache.reused_blocks if cache is not None else 0,
+            "prefix_cache_evictions": cache.evictions if cache is not None else 0,
+            "requests_dropped": self.dropped,  # cancelled by the host (their slot and KV freed)
             "preemptions": sched.preemptions,
             "steps": sched.steps,
             "tokens_generated": sched.tokens_generated,
@@ -261,6 +283,7 @@ class Engine:
                 req = self._live.get(key)
                 if req is not None:
                     req.first_scheduled_time_ns = now
+                    req.cached_tokens = plan.cached.get(key, 0)
             cost = plan.cost
             host_end = start + int(cost.host_s / self.speed * 1e9)
             if host_end < now:
@@ -316,10 +339,11 @@ class Engine:
             self._inbox.clear()
         for req in batch:
             if req.cancelled:
+                self.dropped += 1
                 continue
             key = next(self._ids)
             try:
-                self._sched.add(key, req.input_tokens, req.max_tokens)
+                self._sched.add(key, req.input_tokens, req.max_tokens, req.block_hashes)
             except UsageError as exc:
                 _report_error(req, str(exc))
                 continue
@@ -330,6 +354,7 @@ class Engine:
         for key in gone:
             self._sched.cancel(key)
             del self._live[key]
+        self.dropped += len(gone)
 
     def _emit(self, plan) -> None:
         """Hand out this step's tokens; a callback that raises loses its request, not the engine."""

@@ -6,11 +6,19 @@ OpenAI-compatible server to aim at. Each request becomes one Triton ``generate_s
 response becomes one OpenAI chunk. ``stream_options.include_usage`` adds the usage chunk and
 ``continuous_usage_stats`` puts usage in every chunk (as vLLM does). ``ignore_eos`` and ``min_tokens`` are
 accepted (the emulated engine always generates ``max_tokens``).
+
+Reasoning models (chat only), for testing clients against a DeepSeek-R1-style stream as vLLM's reasoning parser
+serves it: with ``reasoning_tokens=N`` (the front end's default for every chat request, ``loadgen serve
+--openai-reasoning-tokens N``) or the request field ``"reasoning_tokens": N`` (a vendor extension; it wins), the
+first N generated tokens go out as ``delta.reasoning_content`` (``reasoning_key``: the newer ``reasoning``
+spelling) and the rest as ``delta.content``. ``max_tokens`` bounds both together, as on vLLM; usage counts them in
+``completion_tokens`` and separately in ``completion_tokens_details.reasoning_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -24,6 +32,8 @@ from loadgen.codecs.base import scalar
 from loadgen.codecs.sse import SSEDecoder
 
 _DONE = b"data: [DONE]\n\n"
+_TOKEN_TEXT = re.compile(r"\s*\S+")  # one emulated output token: a word with its leading space
+REASONING_KEYS = ("reasoning_content", "reasoning")
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -31,11 +41,33 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> we
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
+def _split(text: str, n: int, tokens: int) -> tuple[str, str]:
+    """The first ``n`` of a response's ``tokens`` tokens, and the rest (a response holds whole words)."""
+    if n <= 0:
+        return "", text
+    if n >= tokens:
+        return text, ""
+    words = _TOKEN_TEXT.findall(text)
+    return "".join(words[:n]), "".join(words[n:])
+
+
 class OpenAIFrontend:
-    def __init__(self, triton_http_url: str, triton_model: str, served_model_name: str) -> None:
+    def __init__(self, triton_http_url: str, triton_model: str, served_model_name: str,
+                 reasoning_tokens: int = 0, reasoning_key: str = "reasoning_content") -> None:
+        if int(reasoning_tokens) != reasoning_tokens or reasoning_tokens < 0:
+            from loadgen.errors import UsageError
+
+            raise UsageError(f"--openai-reasoning-tokens {reasoning_tokens!r} is invalid: use 0 (no reasoning) or "
+                             "a number of tokens")
+        if reasoning_key not in REASONING_KEYS:
+            from loadgen.errors import UsageError
+
+            raise UsageError(f"reasoning_key {reasoning_key!r} is invalid: use one of {', '.join(REASONING_KEYS)}")
         self.triton_url = triton_http_url.rstrip("/")
         self.triton_model = triton_model
         self.served_model_name = served_model_name
+        self.reasoning_tokens = int(reasoning_tokens)
+        self.reasoning_key = reasoning_key
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -109,22 +141,33 @@ class OpenAIFrontend:
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return _error(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
+        reasoning = body.get("reasoning_tokens", self.reasoning_tokens) if chat else 0
+        if isinstance(reasoning, bool) or not isinstance(reasoning, int) or reasoning < 0:
+            return _error(400, f"reasoning_tokens must be a whole number >= 0, got {reasoning!r}")
         upstream = {"text_input": prompt, "max_tokens": max_tokens, "stream": True,
                     "return_num_input_tokens": True, "return_num_output_tokens": True}
         if body.get("stream"):
             opts = body.get("stream_options") or {}
             return await self._stream(req, upstream, chat, bool(opts.get("include_usage")),
-                                      bool(opts.get("continuous_usage_stats")))
-        return await self._whole(upstream, chat)
+                                      bool(opts.get("continuous_usage_stats")), reasoning)
+        return await self._whole(upstream, chat, reasoning)
+
+    @staticmethod
+    def _usage(n_in: int, n_out: int, reasoning: int, n_reason: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": n_reason}
+        return usage
 
     async def _upstream(self, upstream: dict[str, Any]):
         assert self._session is not None
         url = f"{self.triton_url}/v2/models/{self.triton_model}/generate_stream"
         return self._session.post(url, data=orjson.dumps(upstream), headers={"Content-Type": "application/json"})
 
-    def _chunk(self, rid: str, created: int, chat: bool, text: str | None, finish: str | None) -> dict[str, Any]:
+    def _chunk(self, rid: str, created: int, chat: bool, text: str | None, finish: str | None,
+               key: str = "content") -> dict[str, Any]:
         if chat:
-            delta: dict[str, Any] = {} if text is None else {"content": text}
+            delta: dict[str, Any] = {} if text is None else {key: text}
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
@@ -133,7 +176,7 @@ class OpenAIFrontend:
         return {"id": rid, "object": obj, "created": created, "model": self.served_model_name, "choices": [choice]}
 
     async def _stream(self, req: web.Request, upstream: dict[str, Any], chat: bool, include_usage: bool,
-                      continuous: bool) -> web.StreamResponse:
+                      continuous: bool, reasoning: int = 0) -> web.StreamResponse:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         ctx = await self._upstream(upstream)
@@ -152,7 +195,7 @@ class OpenAIFrontend:
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 await out.write(b"data: " + orjson.dumps(first) + b"\n\n")
             sse = SSEDecoder()
-            n_in = n_out = 0
+            n_in = n_out = n_reason = 0
             async for data in resp.content.iter_any():
                 for payload in sse.feed(data):
                     ev = orjson.loads(payload)
@@ -163,18 +206,24 @@ class OpenAIFrontend:
                         await out.write_eof()
                         return out
                     n_in = int(scalar(ev.get("num_input_tokens")) or n_in)
-                    n_out += int(scalar(ev.get("num_output_tokens")) or 0)
-                    chunk = self._chunk(rid, created, chat, str(scalar(ev.get("text_output")) or ""), None)
-                    if continuous:
-                        chunk["usage"] = {"prompt_tokens": n_in, "completion_tokens": n_out,
-                                          "total_tokens": n_in + n_out}
-                    await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                    n = int(scalar(ev.get("num_output_tokens")) or 0)
+                    text = str(scalar(ev.get("text_output")) or "")
+                    think, answer = _split(text, reasoning - n_reason, n) if reasoning else ("", text)
+                    parts = [(self.reasoning_key, think)] if think else []
+                    if answer or not think:
+                        parts.append(("content", answer))
+                    n_reason += min(n, max(0, reasoning - n_reason))
+                    n_out += n
+                    for i, (key, piece) in enumerate(parts):
+                        chunk = self._chunk(rid, created, chat, piece, None, key)
+                        if continuous and i == len(parts) - 1:
+                            chunk["usage"] = self._usage(n_in, n_out, reasoning, n_reason)
+                        await out.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             last = self._chunk(rid, created, chat, None if chat else "", "length")
             await out.write(b"data: " + orjson.dumps(last) + b"\n\n")
             if include_usage:
                 usage = {"id": rid, "object": last["object"], "created": created, "model": self.served_model_name,
-                         "choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                                                  "total_tokens": n_in + n_out}}
+                         "choices": [], "usage": self._usage(n_in, n_out, reasoning, n_reason)}
                 await out.write(b"data: " + orjson.dumps(usage) + b"\n\n")
             await out.write(_DONE)
             await out.write_eof()
@@ -184,7 +233,7 @@ class OpenAIFrontend:
         finally:
             await ctx.__aexit__(None, None, None)
 
-    async def _whole(self, upstream: dict[str, Any], chat: bool) -> web.Response:
+    async def _whole(self, upstream: dict[str, Any], chat: bool, reasoning: int = 0) -> web.Response:
         try:
             async with await self._upstream(upstream) as resp:
                 if resp.status != 200:
@@ -203,13 +252,17 @@ class OpenAIFrontend:
         except (aiohttp.ClientError, OSError) as err:
             return _error(503, f"the Triton server is unreachable: {err}", "ServiceUnavailable")
         text = "".join(texts)
-        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
-                                   "finish_reason": "length"} if chat else
+        n_reason = min(reasoning, n_out)
+        think, text = _split(text, n_reason, n_out)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reasoning:
+            message[self.reasoning_key] = think
+        choice: dict[str, Any] = ({"index": 0, "message": message, "finish_reason": "length"} if chat else
                                   {"index": 0, "text": text, "finish_reason": "length"})
         return web.json_response({
             "id": uuid.uuid4().hex, "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": self.served_model_name, "choices": [choice],
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}})
+            "usage": self._usage(n_in, n_out, reasoning, n_reason)})
 
 
 class FrontendThread:
@@ -217,8 +270,10 @@ class FrontendThread:
     and tests that need a real OpenAI-compatible server beside the embedded Triton)."""
 
     def __init__(self, triton_http_url: str, triton_model: str, served_model_name: str,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
-        self.frontend = OpenAIFrontend(triton_http_url, triton_model, served_model_name)
+                 host: str = "127.0.0.1", port: int = 0, reasoning_tokens: int = 0,
+                 reasoning_key: str = "reasoning_content") -> None:
+        self.frontend = OpenAIFrontend(triton_http_url, triton_model, served_model_name, reasoning_tokens,
+                                       reasoning_key)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -44,7 +44,7 @@ class TrtllmOptions:
     decoupled: bool = True  # streaming
     max_queue_delay_us: int = 0
     exclude_input_in_output: bool = True
-    enable_kv_cache_reuse: bool = False
+    enable_kv_cache_reuse: bool = False  # prefix caching; `loadgen serve --server-prefix-cache on|off` sets it
     enable_chunked_context: bool = False
     max_tokens_in_paged_kv_cache: int | None = None
     preprocessing_instances: int = 1
@@ -143,6 +143,9 @@ def write_trtllm_repository(opts: TrtllmOptions) -> tuple[Path, list[str]]:
         notes.append("no --trtllm-models given: copy model.py of " + ", ".join(PYTHON_MODELS) + " from "
                      "tensorrtllm_backend/all_models/inflight_batcher_llm/<model>/1/ (the release matching your "
                      f"container) into {out}/<model>/1/")
+    if opts.enable_kv_cache_reuse:
+        notes.append("KV-cache reuse (prefix caching) is on: the engine must be built with trtllm-build "
+                     "--use_paged_context_fmha enable (--server-prefix-cache off turns it off)")
     if opts.instances > 1:
         notes.append(f"{opts.instances} tensorrt_llm instances share the GPU; start the MPS daemon first for "
                      "concurrent kernels (see servers/README.md)")

@@ -12,8 +12,9 @@ The five values, whatever the server:
   over replicas, instances and data-parallel engines.
 * ``kv_usage``: share of the KV cache in use, 0..1 (mean over replicas/engines; TensorRT-LLM: used / max blocks).
 * ``preemptions``: cumulative count since the server started (KV-cache preemptions, SGLang's retractions).
-* ``cache_hit_rate``: prefix-cache hit rate, 0..1: SGLang's own gauge, or for vLLM the hits / queries of the
-  interval since the previous scrape (null when no query arrived in between).
+* ``cache_hit_rate``: prefix-cache hit rate, 0..1: SGLang's own gauge, or for vLLM and the embedded emulator the
+  hits / queries (prompt tokens) of the interval since the previous scrape (null when no query arrived in
+  between).
 
 A value the server does not publish is None (null in the file), never 0.
 
@@ -27,8 +28,10 @@ Names, and where they were checked (public docs or sources, through the project'
   the backend's ``custom_metrics_reporter.cc``). ``reused`` is a cumulative block count with no matching "missed"
   count, so it is kept in the samples but gives no hit rate.
 * The embedded emulator: ``loadgen_emulated_requests{state=running|waiting}``,
-  ``loadgen_emulated_kv_cache_usage_ratio``, ``loadgen_emulated_preemptions_total`` (this repository's
-  ``servers/emulated``; it also repeats the TensorRT-LLM names, so it is recognised first).
+  ``loadgen_emulated_kv_cache_usage_ratio``, ``loadgen_emulated_preemptions_total``,
+  ``loadgen_emulated_prefix_cache_hits_total`` / ``loadgen_emulated_prefix_cache_queries_total`` (tokens, as
+  vLLM counts them) and ``loadgen_emulated_requests_cancelled_total`` (this repository's ``servers/emulated``; it
+  also repeats the TensorRT-LLM names, so it is recognised first).
 * vLLM: ``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:gpu_cache_usage_perc`` (v0) or
   ``vllm:kv_cache_usage_perc`` (v1), ``vllm:num_preemptions_total``, ``vllm:prefix_cache_hits_total`` /
   ``vllm:prefix_cache_queries_total`` (verified: vLLM's metrics docs and design notes; the older
@@ -59,7 +62,10 @@ EMULATOR = frozenset({"loadgen_emulated_requests", "loadgen_emulated_kv_cache_us
                       "loadgen_emulated_preemptions_total", "loadgen_emulated_requests_completed_total",
                       "loadgen_emulated_tokens_total", "loadgen_emulated_step_lag_seconds",
                       "loadgen_emulated_send_delay_seconds", "loadgen_emulated_outbox_depth",
-                      "loadgen_emulated_gpu_power_watts"})
+                      "loadgen_emulated_gpu_power_watts", "loadgen_emulated_prefix_cache_hits_total",
+                      "loadgen_emulated_prefix_cache_queries_total",
+                      "loadgen_emulated_prefix_cache_reused_blocks_total", "loadgen_emulated_prefix_cache_hit_ratio",
+                      "loadgen_emulated_requests_cancelled_total"})
 TRTLLM = frozenset({"nv_trt_llm_request_metrics", "nv_trt_llm_kv_cache_block_metrics",
                     "nv_trt_llm_inflight_batcher_metrics"})
 VLLM = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:num_requests_swapped",
@@ -141,11 +147,13 @@ class CommonReader:
         return min(1.0, max(0.0, (hits - ph) / (queries - pq)))
 
 
-def _emulator(ix: Index, _r: CommonReader) -> Common:
+def _emulator(ix: Index, r: CommonReader) -> Common:
     return {"queued": total(ix, "loadgen_emulated_requests", state="waiting"),
             "running": total(ix, "loadgen_emulated_requests", state="running"),
             "kv_usage": mean(ix, "loadgen_emulated_kv_cache_usage_ratio"),
-            "preemptions": total(ix, "loadgen_emulated_preemptions_total")}
+            "preemptions": total(ix, "loadgen_emulated_preemptions_total"),
+            "cache_hit_rate": r.interval_ratio("emulator", total(ix, "loadgen_emulated_prefix_cache_hits_total"),
+                                               total(ix, "loadgen_emulated_prefix_cache_queries_total"))}
 
 
 def _trtllm(ix: Index, _r: CommonReader) -> Common:

@@ -14,7 +14,13 @@ Hard-won rules (checked against the nvidia-pytriton build of Triton 2.51 used he
   batch; with the outbox the engine only queues responses and keeps its timeline, and sends continue while it
   sleeps through GPU phases.
 * ``is_cancelled`` after a request's final response crashes the server, and each call costs about a send: it is
-  asked only every ``CANCEL_CHECK_EVERY`` token callbacks of a live request, before its final response.
+  asked only every ``CANCEL_CHECK_EVERY`` token callbacks of a live request, before its final response, and for
+  young requests (fewer than ``YOUNG_CALLS`` token callbacks: queued behind a full batch, in a long prefill, or
+  just started) by the telemetry thread, at most ``CANCEL_POLL_PER_TICK`` of them per tick, in turn. Both go
+  through the outbox thread, which alone sends final responses, so a check never follows a request's end.
+  gRPC tells the server at once when a stream is cancelled, so a request abandoned while queued leaves before it
+  takes a slot; over HTTP Triton notices a closed connection only when a write to it fails, so such a request is
+  dropped a few tokens after it starts (still well before the next ``CANCEL_CHECK_EVERY`` check).
 * Pre-built ``pb_utils.Tensor`` objects can be sent many times: the per-token path builds only the response.
 
 Test hook: request parameter ``"emulate_error_after": k`` sends k tokens, then an error response in place of token
@@ -28,16 +34,20 @@ import json
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from loadgen.core.prompts import approx_token_count  # the load generator's definition: both sides count alike
 from loadgen.emulator.engine import Engine, EngineRequest
+from loadgen.emulator.prefix_cache import block_hashes, tokenize
+from loadgen.emulator.spread import AdmissionCounts
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_CHECK_EVERY = 32  # responses between two is_cancelled() calls of one request
+CANCEL_POLL_PER_TICK = 32  # is_cancelled() calls per telemetry tick for young requests
+YOUNG_CALLS = 4  # a request is young (polled for cancellation) until this many token callbacks
 BLOCK_TOKENS = 16  # KV block size of the emulated engine (for kv_cache_alloc_new_blocks)
 _IPC = threading.Lock()
 
@@ -52,6 +62,7 @@ WORDS = tuple(
     ).split()
 )
 _WORD_BYTES = tuple(w.encode() for w in WORDS)
+_WORD_TOKENS = tuple(w.strip() for w in WORDS)  # what tokenize() makes of them when a client sends them back
 PERF_OUTPUTS = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
 
 
@@ -109,6 +120,13 @@ class _Outbox:
             while len(self._q) >= self.limit and not self._closed:
                 self._cv.wait(0.05)
             self._q.append(item)
+            if len(self._q) == 1:
+                self._cv.notify_all()
+
+    def check(self, stream) -> None:
+        """Queue a cancellation check of a young request (never blocks: the telemetry thread calls it)."""
+        with self._cv:
+            self._q.append((stream, None, 0, True, time.monotonic_ns()))
             if len(self._q) == 1:
                 self._cv.notify_all()
 
@@ -218,6 +236,8 @@ class _Stream:
         """Outbox thread: the client cancelled or disconnected; the engine drops the request at its next step."""
         if self.req is not None:
             self.req.cancelled = True
+        if not self.done:
+            self.model.cancelled += 1
         self.done = True
 
     def _fail(self, req: EngineRequest, message: str) -> None:
@@ -261,9 +281,11 @@ class _Stream:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _perf_tensors(self, req: EngineRequest) -> list:
-        blocks = -(-(req.input_tokens + self.generated) // BLOCK_TOKENS)
+        bt = self.model.block_tokens
+        blocks = -(-(req.input_tokens + self.generated) // bt)
+        reused = req.cached_tokens // bt
         return [_i64(name, getattr(req, name)) for name in PERF_OUTPUTS] + [
-            _i32("kv_cache_alloc_new_blocks", blocks), _i32("kv_cache_reused_blocks", 0)]
+            _i32("kv_cache_alloc_new_blocks", blocks - reused), _i32("kv_cache_reused_blocks", reused)]
 
 
 class Telemetry:
@@ -311,6 +333,24 @@ class Telemetry:
             self._gauge(delay, {**inst, "quantile": "0.99"}, lambda s: s["send_delay_ms_p99"] / 1e3)
             self._gauge(family("loadgen_emulated_outbox_depth", "Responses waiting to be sent", gauge), inst,
                         "outbox_depth")
+            cache_desc = {
+                "prefix_cache_queries": ("loadgen_emulated_prefix_cache_queries_total", "Prompt tokens looked up "
+                                         "in the replica's prefix cache (each admission of a request)"),
+                "prefix_cache_hits": ("loadgen_emulated_prefix_cache_hits_total", "Prompt tokens found in the "
+                                      "prefix cache (their prefill skipped); hit rate = hits / queries"),
+                "prefix_cache_reused_blocks": ("loadgen_emulated_prefix_cache_reused_blocks_total", "KV blocks "
+                                               "handed to a request from the prefix cache instead of computed"),
+                "requests_cancelled": ("loadgen_emulated_requests_cancelled_total", "Requests whose client "
+                                       "cancelled or disconnected before the end (their slot and KV freed)"),
+            }
+            for key, (name, desc) in cache_desc.items():
+                self._counter(family(name, desc, counter), inst, key)
+            self._gauge(family("loadgen_emulated_prefix_cache_hit_ratio", "Prefix-cache hit rate of the replica "
+                               "since it started: hit tokens / looked-up prompt tokens (0..1)", gauge), inst,
+                        lambda s: s["prefix_cache_hits"] / s["prefix_cache_queries"] if s["prefix_cache_queries"]
+                        else 0.0)
+            self._gauge(family("loadgen_emulated_prefix_cache_blocks", "KV blocks the replica's prefix cache "
+                               "holds (in use or evictable)", gauge), inst, "kv_cached_blocks")
             for key, name, desc in (
                 ("tokens_generated", "loadgen_emulated_tokens_total", "Output tokens generated by the replica"),
                 ("requests_completed", "loadgen_emulated_requests_completed_total", "Requests the replica finished"),
@@ -327,7 +367,7 @@ class Telemetry:
             for btype, key in (("max", "kv_total_blocks"), ("used", "kv_used_blocks"),
                                ("free", lambda s: s["kv_total_blocks"] - s["kv_used_blocks"]),
                                ("tokens_per", lambda s: s.get("kv_block_tokens", BLOCK_TOKENS)),
-                               ("fraction", "kv_usage")):
+                               ("reused", "prefix_cache_reused_blocks"), ("fraction", "kv_usage")):
                 self._gauge(kv, {**inst, "kv_cache_block_type": btype}, key)
             gen = family("nv_trt_llm_general_metrics", "TRT-LLM general metrics (emulated)", gauge)
             self._gauge(gen, {**inst, "general_type": "iteration_counter"}, "steps")
@@ -385,7 +425,20 @@ class TritonPythonModel:
             self.profile, self.gpu_name, self.max_batch, replicas=replicas, replica_index=index,
             speed=float(_param(config, "speed", "1.0")), shared_path=shared,
             gpu_memory_fraction=float(_param(config, "gpu_memory_fraction", "0.9")),
+            mps=_param(config, "mps", "on") != "off",
+            prefix_cache=_param(config, "prefix_cache", "on") != "off",
+            block_tokens=int(_param(config, "kv_block_tokens", str(BLOCK_TOKENS))),
         )
+        self.prefix_cache = self.engine.prefix_cache
+        self.block_tokens = self.engine.block_tokens
+        self.cancelled = 0  # requests whose client went away (counted by the outbox thread)
+        self._young: OrderedDict[int, _Stream] = OrderedDict()  # young requests, next to poll first
+        self._young_lock = threading.Lock()
+        # spread "even": after taking a request, a replica ahead of the others holds its instance busy until they
+        # caught up (loadgen/emulator/spread.py); "triton": Triton's own choice of the free instance.
+        self.spread = None
+        if replicas > 1 and shared and _param(config, "spread", "even") == "even":
+            self.spread = AdmissionCounts(replicas, shared + ".spread")
         self.max_len = self.engine.model.max_model_len
         self.word_tensors = [pb_utils.Tensor("text_output", np.array([[w]], dtype=object)) for w in _WORD_BYTES]
         self.one_tensor = _i32("num_output_tokens", 1)
@@ -398,7 +451,8 @@ class TritonPythonModel:
         self._thread = threading.Thread(target=self._watch, args=(interval,), name="loadgen-telemetry", daemon=True)
         self._thread.start()
         print(f"[loadgen] {self.instance}: emulated {self.profile} on {self.gpu_name}, replica {index + 1}/"
-              f"{replicas}, max batch {self.max_batch}, speed {self.engine.speed:g}", flush=True)
+              f"{replicas}, max batch {self.max_batch}, speed {self.engine.speed:g}, MPS "
+              f"{'on' if self.engine.mps else 'off'}, spread {'even' if self.spread else 'triton'}", flush=True)
 
     # -- requests -------------------------------------------------------------------------------------
     def execute(self, requests: list) -> None:
@@ -410,6 +464,12 @@ class TritonPythonModel:
                 self.outbox.put(None, (sender, _error(str(exc))), FINAL)
                 continue
             self.engine.submit(stream.req)
+            with self._young_lock:
+                self._young[id(stream)] = stream
+            if self.spread is not None:
+                self.spread.take(self.replica_index)
+        if self.spread is not None:
+            self.spread.wait_turn(self.replica_index)
         return None
 
     def _admit(self, request, sender) -> _Stream:
@@ -430,7 +490,8 @@ class TritonPythonModel:
         max_tokens = int(max_tokens)
         if max_tokens < 1:
             raise ValueError(f"max_tokens={max_tokens} is invalid: ask for at least 1 output token")
-        n_in = approx_token_count(prompt)
+        tokens = tokenize(prompt) if self.prefix_cache else None
+        n_in = approx_token_count(prompt) if tokens is None else len(tokens)
         if n_in < 1:
             raise ValueError("text_input has no tokens: send a non-empty prompt")
         if n_in + max_tokens > self.max_len:
@@ -457,8 +518,16 @@ class TritonPythonModel:
                      word=rid * 7)
         if st.count_in:
             st.in_tensor = _i32("num_input_tokens", n_in)
+        hashes = None
+        if tokens is not None:
+            # Name the blocks of the prompt and of the answer this request will get (the words are known in
+            # advance): a later turn that sends this answer back as history then hits them too, as on a real
+            # engine that caches generated blocks.
+            k = len(_WORD_TOKENS)
+            tokens.extend(_WORD_TOKENS[(st.word + i) % k] for i in range(max_tokens))
+            hashes = block_hashes(tokens, self.block_tokens)
         st.req = EngineRequest(request_id=f"{self.instance}-{rid}", input_tokens=n_in, max_tokens=max_tokens,
-                               on_tokens=st.on_tokens, on_error=st.on_error)
+                               on_tokens=st.on_tokens, on_error=st.on_error, block_hashes=hashes)
         return st
 
     # -- background -----------------------------------------------------------------------------------
@@ -477,6 +546,8 @@ class TritonPythonModel:
                 stats["send_delay_ms_p50"] = float(np.percentile(delays, 50)) / 1e6 if delays.size else 0.0
                 stats["send_delay_ms_p99"] = float(np.percentile(delays, 99)) / 1e6 if delays.size else 0.0
                 stats["outbox_depth"] = self.outbox.depth()
+                stats["requests_cancelled"] = self.cancelled
+                self._poll_young()
                 self.outbox.limit = max(32, stats["running"])
                 self.telemetry.update(stats)
             except Exception as exc:  # noqa: BLE001 - telemetry must never take the model down
@@ -486,9 +557,25 @@ class TritonPythonModel:
                 os._exit(0)
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
+    def _poll_young(self) -> None:
+        """Ask whether the clients of up to CANCEL_POLL_PER_TICK young requests are still there, so a request
+        abandoned while queued leaves the engine without waiting for CANCEL_CHECK_EVERY tokens (real engines
+        abort it at once)."""
+        with self._young_lock:
+            table = self._young
+            for key in [k for k, st in table.items() if st.calls >= YOUNG_CALLS or st.done]:
+                del table[key]
+            picked = list(itertools.islice(table.items(), CANCEL_POLL_PER_TICK))
+            for key, _ in picked:
+                table.move_to_end(key)  # the others get their turn next tick
+        for _, st in picked:
+            self.outbox.check(st)
+
     def finalize(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
         self.engine.stop(timeout=2.0)
         self.outbox.close()
+        if self.spread is not None:
+            self.spread.close()
         self.telemetry.close()
