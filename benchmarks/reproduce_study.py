@@ -136,7 +136,9 @@ def compare(out: Path) -> dict:
     ref, ref_rep = cal.REFERENCE["opt-1.3b"], cal.REFERENCE_REPLICATION
     results = json.loads((out / "results.json").read_text())
     rows = [r for r in results["rows"] if r.get("status") == "done"]
-    seed = json.loads((out / "sweep.json").read_text())["spec"]["workload"]["seed"]
+    spec = json.loads((out / "sweep.json").read_text())["spec"]
+    # sweep.json keeps the base scenario (older versions kept a "workload" table instead)
+    seed = spec["scenario"]["load"]["seed"] if "scenario" in spec else spec["workload"]["seed"]
     points = []
     for r in rows:
         n, b, reps = int(r["load_value"]), int(r["max_batch"]), int(r["replicas"])
@@ -177,10 +179,11 @@ def render(c: dict, wall_s: float | None, out: Path) -> tuple[str, list[str]]:
         "the measurement by the emulator's ratio between 2,000 requests and N (same configuration); that estimate "
         "is what is set against the study.",
         "- **Replicas behind one Triton endpoint.** The study spread its requests evenly over the replicas; "
-        "the embedded server's replicas are Triton model instances, and Triton hands a burst of simultaneous "
-        "requests to them unevenly (the split, from the server's metrics, is in the replication table). *emu same "
-        "N* deals the requests to the emulated replicas in the measured proportions; *est. N=2000* is scaled to "
-        "the emulator's 2,000-request run with an even split, the study's method.",
+        "the embedded server's replicas are Triton model instances, which take requests round robin with "
+        "`spread = \"even\"` (the default; `\"triton\"` leaves the choice to Triton, which hands a burst to them "
+        "unevenly). The split, from the server's metrics, is in the replication table; *emu same N* deals the "
+        "requests to the emulated replicas in the measured proportions; *est. N=2000* is scaled to the "
+        "emulator's 2,000-request run with an even split, the study's method.",
         "- **Emulated-GPU speed** below real time for the large batches (0.4 to 0.7; 1.5 and 3 for batch 8 and 1),"
         " so that the embedded server streams every token faithfully on 2 CPUs (about 4,000-4,500 measured "
         "tokens/s). Every figure is rescaled to real time: throughput / speed, times x speed.",

@@ -1,19 +1,18 @@
-"""Power model: instantaneous board watts from what the emulated GPU is doing, and the energy it adds up to.
+"""Power model: board watts from what the emulated GPU is doing, and the energy it adds up to.
 
-Four levels, between the profile's ``idle_w`` and ``max_w`` (the board limit):
+Three physical terms above the profile's ``idle_w`` (profiles.py says where each constant comes from):
 
-* idle: no replica has anything to run (clocks drop);
-* active floor, ``idle + floor_frac * (max - idle)``: work is in flight but the GPU waits (host phases, and
-  the latency-bound part of a GPU phase: launches, syncs, tiny kernels); clocks stay up, kernels do not run;
-* memory-bound, ``idle + mem_frac * (max - idle)``: streaming weights/KV from HBM at the achieved bandwidth;
-* compute-bound: ``max_w``, the power limit (prefill GEMMs).
+* static, ``active_w``: while any replica has work the clocks stay up and the chip leaks at its working voltage,
+  whether a kernel runs or the GPU waits for the host; idle (no work at all) drops back to ``idle_w``;
+* memory traffic, ``j_per_byte`` for every byte read from or written to HBM (weights, KV cache);
+* arithmetic, ``j_per_flop`` for every FLOP of the matrix multiplies and attention.
 
-A GPU phase in isolation draws a time-weighted mix of the last three levels (the phase's ``StepCost`` split).
-When several replicas are in their GPU phases at once they share the GPU (gpu.py's stretch factor ``s``): each
-phase's draw above the floor is diluted by ``s``, so a saturated GPU draws the average of its tenants'
-intensities, never their sum; the total is capped at ``max_w``. ``mem_frac`` is fitted to the study's
-OPT-1.3B figures (about 256 W at batch 1 and 340 W at batch 512 on the h100-64gb profile); ``floor_frac`` is
-assumed (about 40 W over idle), because those two figures cannot separate it from ``mem_frac``.
+So a step of a lone replica costs ``(idle_w + active_w) * duration + j_per_byte * bytes + j_per_flop * flops``
+joules: a memory-bound batch-1 step of a large model draws what its bytes cost, not a fitted "memory-bound level",
+and watts grow with the batch through the arithmetic and KV traffic it adds. A GPU phase's dynamic draw is its
+energy over its lone duration; when several replicas' GPU phases share the GPU (gpu.py's stretch factor ``s``)
+each progresses at ``1 / s`` of its lone speed, so it moves its bytes ``s`` times slower and its draw is divided
+by ``s``. The total is capped at the board limit ``max_w``.
 """
 
 from __future__ import annotations
@@ -29,22 +28,24 @@ from loadgen.emulator.profiles import GpuProfile
 class PowerModel:
     idle_w: float
     max_w: float
-    floor_w: float  # active-floor watts above idle
-    mem_w: float  # memory-bound watts above the active floor
-    compute_w: float  # compute-bound watts above the active floor
+    floor_w: float  # static watts over idle while the engine has work
+    j_per_byte: float
+    j_per_flop: float
 
     @classmethod
     def for_gpu(cls, gpu: GpuProfile) -> PowerModel:
-        span = gpu.max_w - gpu.idle_w
-        floor = gpu.floor_frac * span
-        return cls(gpu.idle_w, gpu.max_w, floor, (gpu.mem_frac - gpu.floor_frac) * span, span - floor)
+        return cls(gpu.idle_w, gpu.max_w, gpu.active_w, gpu.j_per_byte, gpu.j_per_flop)
+
+    def dynamic_j(self, cost: StepCost) -> float:
+        """Joules of a step's traffic and arithmetic (on top of the static power over its duration)."""
+        return self.j_per_byte * cost.bytes + self.j_per_flop * cost.flops
 
     def phase_dynamic_w(self, cost: StepCost) -> float:
         """Mean watts above the active floor over a GPU phase run alone."""
         gpu = cost.gpu_s
         if gpu <= 0:
             return 0.0
-        return (self.mem_w * cost.mem_s + self.compute_w * cost.compute_s) / gpu
+        return self.dynamic_j(cost) / gpu
 
     def total_w(self, active: bool, dynamic_w: Iterable[float] = (), stretch: float = 1.0) -> float:
         """Board watts now: ``active`` if any replica has work; ``dynamic_w`` of the phases on the GPU."""
@@ -54,9 +55,11 @@ class PowerModel:
         return min(self.max_w, self.idle_w + self.floor_w + extra)
 
     def step_energy_j(self, cost: StepCost) -> float:
-        """Joules of one step of a lone replica (host phase at the floor, GPU phase at its mix)."""
-        active = self.idle_w + self.floor_w
-        return active * cost.total_s + self.mem_w * cost.mem_s + self.compute_w * cost.compute_s
+        """Joules of one step of a lone replica (static power over the whole step, plus its bytes and FLOPs);
+        the board limit caps the GPU phase's draw."""
+        static = self.idle_w + self.floor_w
+        gpu_w = min(self.max_w, static + self.phase_dynamic_w(cost))
+        return static * cost.host_s + gpu_w * cost.gpu_s
 
 
 class EnergyCounter:

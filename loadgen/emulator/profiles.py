@@ -1,10 +1,10 @@
 """Model and GPU profiles for the emulated SLM engine, and the memory arithmetic that sizes its KV cache.
 
 A profile holds public facts (layer count, hidden size, parameter count; datasheet memory, bandwidth, FLOP/s,
-power limits) plus a handful of efficiency constants. The efficiency constants were fitted once, on the
-h100-64gb profile against the study's OPT-1.3B batch sweep only (``benchmarks/calibrate_emulator.py --fit``);
-every other model and GPU is a prediction from its public figures and those same constants. Nothing here looks
-up a reference result.
+power limits) plus the constants of the performance and power models (perfmodel.py, power.py), each listed in
+``CONSTANTS`` with its source: fitted once, on the h100-64gb profile against the study's OPT-1.3B figures only
+(``benchmarks/calibrate_emulator.py --fit``), or assumed from public figures. Every other model and GPU is a
+prediction from its public figures and those same constants. Nothing here looks up a reference result.
 
 Memory arithmetic (vLLM's): the budget is ``gpu_memory_fraction`` of the GPU memory; with N replicas on one
 GPU each gets 1/N of it; a replica's KV pool is its budget minus the weights minus a fixed
@@ -62,13 +62,10 @@ class ModelProfile:
 
 @dataclass(frozen=True)
 class GpuProfile:
-    """Datasheet figures plus the efficiency constants that turn them into step times and watts.
+    """Datasheet figures plus the constants that turn them into step times and watts.
 
-    Fitted on h100-64gb / OPT-1.3B (see benchmarks/CALIBRATION.md): ``bw_efficiency``, ``layer_overhead_s``,
-    ``seq_overhead_s``, ``host_base_s``, ``host_per_seq_s`` (performance) and ``mem_frac`` (power).
-    Assumed, not fitted: ``flops_efficiency`` (dense fp16 GEMM at these shapes; decode never reaches the
-    compute roof, so the sweep cannot pin it), ``reserved_bytes`` (read off the study's stated KV pools) and
-    ``floor_frac`` (a GPU with clocks up and no kernel running draws roughly 40 W over idle).
+    Every constant, and where its value comes from, is listed at ``_CONSTANTS`` below and in
+    benchmarks/CALIBRATION.md.
     """
 
     name: str
@@ -77,19 +74,20 @@ class GpuProfile:
     fp16_flops: float  # nominal dense fp16 FLOP/s
     idle_w: float  # board power with nothing running
     max_w: float  # board power limit (TDP)
-    bw_efficiency: float  # achieved / nominal HBM bandwidth when streaming weights and KV
-    flops_efficiency: float  # achieved / nominal FLOP/s in prefill GEMMs
-    layer_overhead_s: (
-        float  # GPU time per layer per step that does not depend on batch: launches, syncs, norms
-    )
-    seq_overhead_s: float  # GPU time per running sequence per step: sampling, elementwise, cache writes
-    host_base_s: float  # CPU time per step: scheduling, input preparation, output processing
-    host_per_seq_s: float  # CPU time per running sequence per step: detokenisation, stop checks, bookkeeping
+    bw_efficiency: float  # achieved / nominal HBM bandwidth when streaming the weights (GEMV/GEMM reads)
+    kv_bw_efficiency: float  # achieved / nominal HBM bandwidth of decode attention reading the paged KV cache
+    flops_efficiency: float  # achieved / nominal FLOP/s of large matrix multiplies (many rows)
+    gemm_half_tokens: float  # rows (tokens) at which a GEMM reaches half of that: few rows fill few tiles
+    layer_overhead_s: float  # GPU time per layer per pass: launches, syncs, norms (does not depend on batch)
+    attn_overhead_s: float  # GPU time per running sequence per layer in decode attention, besides its KV reads
+    host_base_s: float  # CPU time per engine iteration: scheduling, input preparation, output processing
+    host_per_seq_s: float  # CPU time per running sequence per decode iteration: sampling output, detokenisation
+    eager_layer_s: float  # CPU time to launch one layer's kernels one by one (prefill runs without CUDA graphs)
+    prefill_host_per_token_s: float  # CPU time per prompt token of a prefill pass: positions, slot mapping
     reserved_bytes: float  # activations, workspace and graphs kept out of the KV pool
-    floor_frac: (
-        float  # power level while active but waiting (host phases, launch-bound kernels), of max - idle
-    )
-    mem_frac: float  # power level while streaming HBM at the achieved bandwidth, of max - idle
+    active_frac: float  # static power while the engine has work (clocks up), share of max_w - idle_w
+    j_per_byte: float  # energy per byte of HBM traffic (DRAM access and the on-chip path to the SMs)
+    j_per_flop: float  # energy per fp16 FLOP of the matrix and attention arithmetic
 
     @property
     def bandwidth(self) -> float:
@@ -97,22 +95,55 @@ class GpuProfile:
         return self.hbm_bandwidth * self.bw_efficiency
 
     @property
+    def kv_bandwidth(self) -> float:
+        """Effective bytes/s of decode attention's KV-cache reads (paged, per-sequence gathers)."""
+        return self.hbm_bandwidth * self.kv_bw_efficiency
+
+    @property
     def flops(self) -> float:
+        """Effective FLOP/s of large GEMMs and of prefill attention."""
         return self.fp16_flops * self.flops_efficiency
 
+    def gemm_flops(self, tokens: float) -> float:
+        """Effective FLOP/s of the weight GEMMs over ``tokens`` rows (a batch's tokens)."""
+        return self.flops * tokens / (tokens + self.gemm_half_tokens) if tokens > 0 else self.flops
 
-# Efficiency constants shared by every GPU profile (fitted on h100-64gb; see module docstring).
-_FITTED = dict(
-    bw_efficiency=0.8161,  # fitted
-    flops_efficiency=0.55,  # assumed
-    layer_overhead_s=48.19e-6,  # fitted
-    seq_overhead_s=18.81e-6,  # fitted
-    host_base_s=0.9015e-3,  # fitted
-    host_per_seq_s=43.00e-6,  # fitted
-    reserved_bytes=1.1 * GIB,  # assumed (the study's KV pools)
-    floor_frac=0.06,  # assumed
-    mem_frac=0.6226,  # fitted
-)
+    @property
+    def active_w(self) -> float:
+        """Watts over idle while the engine has work, whatever it does."""
+        return self.active_frac * (self.max_w - self.idle_w)
+
+
+# The constants every GPU profile shares: name -> (value, source, where the value comes from). "fitted": by
+# ``benchmarks/calibrate_emulator.py --fit`` on the study's OPT-1.3B sweep (throughput and ITL at every max
+# batch, the two host shares) and its two power figures, h100-64gb only; "assumed": a public figure or an
+# engineering estimate, never tuned on the study's throughput or latency. benchmarks/cross_validate.py refits
+# the fitted ones on one model and predicts the other.
+CONSTANTS: dict[str, tuple[float, str, str]] = {
+    "bw_efficiency": (0.7733, "fitted", "OPT-1.3B sweep; held near 0.8 (memory-bound kernels reach about 80 % of "
+                      "nominal bandwidth): the 64 GB card's bandwidth is not on a datasheet, 2.0 TB/s nominal"),
+    "kv_bw_efficiency": (0.8239, "fitted", "OPT-1.3B sweep (the per-context-token slope of the decode step)"),
+    "flops_efficiency": (0.6, "assumed", "large dense fp16 GEMMs in PyTorch reach about 60 % of the datasheet "
+                         "peak"),
+    "gemm_half_tokens": (128.0, "assumed", "a GEMM of 128 rows runs at about half of that: few rows fill few "
+                         "tiles and waves of the tensor cores"),
+    "layer_overhead_s": (44.35e-6, "fitted", "OPT-1.3B sweep and host shares"),
+    "attn_overhead_s": (0.7942e-6, "fitted", "OPT-1.3B sweep and host shares"),
+    "host_base_s": (0.9018e-3, "fitted", "OPT-1.3B sweep and host shares (25 % of a step at batch 1)"),
+    "host_per_seq_s": (42.85e-6, "fitted", "OPT-1.3B sweep and host shares (37 % of a step at batch 512)"),
+    "eager_layer_s": (150e-6, "assumed", "about 15 PyTorch ops per decoder layer at about 10 us of CPU dispatch "
+                      "each (prefill steps run without CUDA graphs)"),
+    "prefill_host_per_token_s": (0.5e-6, "assumed", "vLLM 0.5 builds positions and the slot mapping per prompt "
+                                 "token in Python"),
+    "reserved_bytes": (1.1 * GIB, "assumed", "read off the study's stated KV pools (54 GiB and 44 GiB)"),
+    "active_frac": (0.2222, "fitted", "OPT-1.3B power at batch 1 and 512 (256 W, 340 W)"),
+    "j_per_byte": (60e-12, "assumed", "HBM access about 4 pJ/bit (30 pJ/B) plus about as much on the way to the "
+                   "SMs"),
+    "j_per_flop": (3.084e-12, "fitted", "OPT-1.3B power at batch 1 and 512; includes the on-chip operand traffic "
+                   "of small-batch GEMMs, hence well above the datasheet peak's 0.6 pJ"),
+}
+FITTED_CONSTANTS = tuple(k for k, (_v, src, _why) in CONSTANTS.items() if src == "fitted")
+_CONSTANTS = {k: v for k, (v, _src, _why) in CONSTANTS.items()}
 
 MODELS: dict[str, ModelProfile] = {
     m.name: m
@@ -132,10 +163,10 @@ GPUS: dict[str, GpuProfile] = {
     for g in (
         # The study's card: 64 GiB; nominal bandwidth taken as 2.0 TB/s (HBM2e class), its achieved share
         # fitted.
-        GpuProfile("h100-64gb", 64 * GIB, 2.0e12, 989e12, idle_w=70.0, max_w=700.0, **_FITTED),
-        GpuProfile("h100-80gb", 80 * GIB, 3.35e12, 989e12, idle_w=70.0, max_w=700.0, **_FITTED),
-        GpuProfile("a100-80gb", 80 * GIB, 2.0e12, 312e12, idle_w=55.0, max_w=400.0, **_FITTED),
-        GpuProfile("h200", 141e9, 4.8e12, 989e12, idle_w=75.0, max_w=700.0, **_FITTED),
+        GpuProfile("h100-64gb", 64 * GIB, 2.0e12, 989e12, idle_w=70.0, max_w=700.0, **_CONSTANTS),
+        GpuProfile("h100-80gb", 80 * GIB, 3.35e12, 989e12, idle_w=70.0, max_w=700.0, **_CONSTANTS),
+        GpuProfile("a100-80gb", 80 * GIB, 2.0e12, 312e12, idle_w=55.0, max_w=400.0, **_CONSTANTS),
+        GpuProfile("h200", 141e9, 4.8e12, 989e12, idle_w=75.0, max_w=700.0, **_CONSTANTS),
     )
 }
 

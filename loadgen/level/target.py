@@ -13,11 +13,14 @@ def start_embedded(sc: Scenario, say: Any = None) -> Any:
 
     s = sc.server
     cfg = ServerConfig(model_name=sc.target.model or "ensemble", profile=s.model, gpu=s.gpu, replicas=s.replicas,
-                       max_batch=s.max_batch, speed=s.speed, http_port=0, grpc_port=0, metrics_port=0)
+                       max_batch=s.max_batch, speed=s.speed, mps=s.mps == "on", spread=s.spread,
+                       replica_memory=s.replica_memory, prefix_cache=s.prefix_cache == "on",
+                       kv_block_tokens=s.kv_block_tokens, http_port=0, grpc_port=0, metrics_port=0)
     server = EmbeddedServer(cfg)
     if say is not None:
+        sharing = f", MPS {s.mps}, spread {s.spread}" if s.replicas > 1 else ""
         say(f"starting the embedded Triton server ({s.model} on emulated {s.gpu}, {s.replicas} replica(s), "
-            f"max batch {s.max_batch}, speed {s.speed:g})...")
+            f"max batch {s.max_batch}, speed {s.speed:g}{sharing})...")
     server.start()
     return server
 

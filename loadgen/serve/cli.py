@@ -42,6 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "port, in front of the Triton model (0 = pick a free one; default: off)")
     net.add_argument("--served-model-name", default=None,
                      help="model name of the OpenAI-compatible API (default: the --server-model profile)")
+    net.add_argument("--openai-reasoning-tokens", type=int, default=0, metavar="N",
+                     help="the OpenAI API streams the first N tokens of each chat answer as reasoning_content "
+                          "deltas, as a reasoning model does (a request's \"reasoning_tokens\" field overrides; "
+                          "default: 0, none)")
     net.add_argument("--workdir", default=None,
                      help="directory for the repository and tritonserver.log, kept after exit (default: a temporary "
                           "one, removed on a clean exit)")
@@ -73,10 +77,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def server_settings(args: argparse.Namespace) -> Any:
     """The ``[server]`` section of the scenario from the flags given (one-line errors naming the flag)."""
-    from loadgen.scenario.check import build
+    from loadgen.scenario.check import _check_choices, build
     from loadgen.scenario.flags import overlay_from_args
 
-    return build({"server": overlay_from_args(args, sections=["server"]).get("server", {})}).server
+    sc = build({"server": overlay_from_args(args, sections=["server"]).get("server", {})})
+    _check_choices(sc)  # --server-prefix-cache on|off, --mps on|off, ...
+    return sc.server
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -95,11 +101,16 @@ def _serve_emulated(args: argparse.Namespace) -> int:
     cfg = ServerConfig(
         model_name=args.model_name, profile=srv.model, gpu=srv.gpu, max_batch=srv.max_batch,
         replicas=srv.replicas, speed=srv.speed, gpu_memory_fraction=args.gpu_memory_fraction,
+        mps=srv.mps == "on", spread=srv.spread, replica_memory=srv.replica_memory,
+        prefix_cache=srv.prefix_cache == "on", kv_block_tokens=srv.kv_block_tokens,
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         http_address=args.http_address or args.address, grpc_address=args.grpc_address or args.address,
         metrics_address=args.metrics_address or args.address, metrics_interval_ms=args.metrics_interval_ms,
         workdir=args.workdir, tritonserver=args.tritonserver, log_verbose=args.log_verbose,
     )
+    if args.openai_reasoning_tokens < 0:
+        raise UsageError(f"--openai-reasoning-tokens {args.openai_reasoning_tokens} is invalid: use 0 (none) or a "
+                         "number of tokens")
     server = EmbeddedServer(cfg)
     frontend = None
     # SIGTERM (kill, service managers) and SIGHUP (terminal closed) stop the server as cleanly as Ctrl-C.
@@ -108,7 +119,8 @@ def _serve_emulated(args: argparse.Namespace) -> int:
         server.start(timeout=args.startup_timeout)
         name = cfg.model_name
         print(f"loadgen serve: ready in {server.startup_s:.1f} s: emulated {cfg.profile} on {cfg.gpu}, "
-              f"{cfg.replicas} replica(s), max batch {cfg.max_batch}, speed {cfg.speed:g} (pid {server.pid})")
+              f"{cfg.replicas} replica(s), max batch {cfg.max_batch}, speed {cfg.speed:g}"
+              + (f", MPS {srv.mps}, spread {cfg.spread}" if cfg.replicas > 1 else "") + f" (pid {server.pid})")
         print(f"  HTTP     {server.http_url}/v2/models/{name}/generate_stream")
         print(f"  gRPC     {server.grpc_url}  (model {name}, stream_infer)")
         print(f"  metrics  {server.metrics_url}")
@@ -118,7 +130,8 @@ def _serve_emulated(args: argparse.Namespace) -> int:
 
             served = args.served_model_name or cfg.profile
             frontend = FrontendThread(server.http_url, name, served, host=args.address,
-                                      port=args.openai_port).start()
+                                      port=args.openai_port,
+                                      reasoning_tokens=args.openai_reasoning_tokens).start()
             print(f"  OpenAI   {frontend.url}/v1/chat/completions  (model {served})")
         print("Ctrl-C to stop.", flush=True)
         while server.running:
@@ -152,6 +165,7 @@ def _execute_trtllm(args: argparse.Namespace) -> int:
         kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
         batch_scheduler_policy=args.batch_scheduler_policy, trtllm_models=args.trtllm_models,
         max_tokens_in_paged_kv_cache=args.max_tokens_in_paged_kv_cache,
+        enable_kv_cache_reuse=server_settings(args).prefix_cache == "on",
         docker_tag=args.docker, http_port=args.http_port or 8000, grpc_port=args.grpc_port or 8001,
         metrics_port=args.metrics_port or 8002, address=args.address, tritonserver=args.tritonserver,
     )

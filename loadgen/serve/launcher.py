@@ -56,6 +56,11 @@ class ServerConfig:
     replicas: int = 1
     speed: float = 1.0
     gpu_memory_fraction: float = 0.9
+    mps: bool = True  # replicas share the emulated GPU as under NVIDIA MPS; False = time slicing
+    spread: str = "even"  # requests over replicas: even (round robin) or triton (Triton's own scheduling)
+    replica_memory: float | None = None  # share of the memory budget per replica (default 1 / replicas)
+    prefix_cache: bool = False  # automatic prefix caching in the emulated engines (--server-prefix-cache on)
+    kv_block_tokens: int = 16  # KV block size in tokens (the prefix cache's unit)
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -74,7 +79,9 @@ class ServerConfig:
     def model_spec(self) -> EmulatedModelSpec:
         return EmulatedModelSpec(model_name=self.model_name, profile=self.profile, gpu=self.gpu,
                                  max_batch=self.max_batch, replicas=self.replicas, speed=self.speed,
-                                 gpu_memory_fraction=self.gpu_memory_fraction,
+                                 gpu_memory_fraction=self.gpu_memory_fraction, mps=self.mps,
+                                 spread=self.spread, replica_memory=self.replica_memory,
+                                 prefix_cache=self.prefix_cache, kv_block_tokens=self.kv_block_tokens,
                                  metrics_interval_ms=self.metrics_interval_ms)
 
 
@@ -315,8 +322,9 @@ class EmbeddedServer:
             self.repository = Path(cfg.repository).resolve()
         else:
             gpu_file = self.workdir / "emulated-gpu.state"
-            if gpu_file.exists():
-                gpu_file.unlink()  # a fresh shared GPU (energy counter from 0) per server
+            for stale in (gpu_file, gpu_file.with_name(gpu_file.name + ".spread")):
+                if stale.exists():
+                    stale.unlink()  # a fresh shared GPU (energy counter from 0) and spread counts per server
             self.repository = write_emulated_repository(cfg.model_spec(), self.workdir / "models", gpu_file)
         self.log_path = self.workdir / "tritonserver.log"
 

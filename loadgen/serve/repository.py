@@ -19,6 +19,7 @@ from pathlib import Path
 from string import Template
 
 from loadgen.codecs.probe import INFER_SIBLING_SUFFIX
+from loadgen.emulator.spread import check_spread
 from loadgen.errors import UsageError
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -46,9 +47,22 @@ class EmulatedModelSpec:
     max_batch: int = 256  # engine max running batch (per replica)
     replicas: int = 1  # Triton instance_group count: independent engines on the one emulated GPU
     speed: float = 1.0  # < 1 runs the emulated GPU slower than real time
-    gpu_memory_fraction: float = 0.9
+    gpu_memory_fraction: float = 0.9  # share of the GPU memory for weights + KV cache, all replicas together
+    mps: bool = True  # replicas share the emulated GPU as under NVIDIA MPS (False: time slicing)
+    spread: str = "even"  # requests over replicas: even (round robin) or triton (Triton's instance choice)
+    replica_memory: float | None = None  # share of that budget each replica gets (default 1 / replicas)
+    prefix_cache: bool = False  # automatic prefix caching in the engines (--server-prefix-cache on)
+    kv_block_tokens: int = 16  # KV block size, the prefix cache's unit
     metrics_interval_ms: int = 100
     infer_model: bool = True  # also serve <model_name>_infer, the one-response sibling (KServe /infer)
+
+    @property
+    def effective_memory_fraction(self) -> float:
+        """The GPU memory fraction that gives each replica ``replica_memory`` of the budget (the emulator splits
+        its fraction evenly over the replicas)."""
+        if self.replica_memory is None:
+            return float(self.gpu_memory_fraction)
+        return float(self.gpu_memory_fraction) * float(self.replica_memory) * int(self.replicas)
 
     @property
     def infer_model_name(self) -> str:
@@ -69,10 +83,20 @@ class EmulatedModelSpec:
         if not self.speed > 0:
             raise UsageError(f"--speed {self.speed!r} is invalid: use a positive factor (1 = real time, "
                              "0.5 = emulated GPU twice as slow)")
+        check_spread(self.spread)
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise UsageError(f"--gpu-memory-fraction {self.gpu_memory_fraction!r} is invalid: use a share in (0, 1]")
+        if self.replica_memory is not None and not (
+                0.0 < self.replica_memory and self.replica_memory * self.replicas <= 1.0 + 1e-9):
+            raise UsageError(f"--server-replica-memory {self.replica_memory!r} is invalid for {self.replicas} "
+                             f"replica(s): use a share of the memory budget in (0, {1 / self.replicas:.4g}] "
+                             "(the replicas' shares cannot add up to more than the budget)")
+        if int(self.kv_block_tokens) != self.kv_block_tokens or not 1 <= self.kv_block_tokens <= 1024:
+            raise UsageError(f"--server-kv-block-tokens {self.kv_block_tokens!r} is invalid: use 1 to 1024 tokens")
         if self.metrics_interval_ms < 10:
             raise UsageError(f"metrics interval {self.metrics_interval_ms} ms is too short: use 10 ms or more")
         model, gpu = get_model(self.profile), get_gpu(self.gpu)
-        check_batch_fits(model, gpu, self.max_batch, self.replicas, self.gpu_memory_fraction)
+        check_batch_fits(model, gpu, self.max_batch, self.replicas, self.effective_memory_fraction)
 
 
 def _fill(src: Path, model_dir: Path, **values: object) -> None:
@@ -106,7 +130,11 @@ def write_emulated_repository(spec: EmulatedModelSpec, dest: str | os.PathLike[s
           gpu=spec.gpu,
           max_batch=int(spec.max_batch),
           speed=repr(float(spec.speed)),
-          gpu_memory_fraction=repr(float(spec.gpu_memory_fraction)),
+          gpu_memory_fraction=repr(spec.effective_memory_fraction),
+          mps="on" if spec.mps else "off",
+          spread=spec.spread,
+          prefix_cache="on" if spec.prefix_cache else "off",
+          kv_block_tokens=int(spec.kv_block_tokens),
           shared_gpu_path=str(shared_gpu_path),
           metrics_interval_ms=int(spec.metrics_interval_ms))
     if spec.infer_model:

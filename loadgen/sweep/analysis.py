@@ -215,7 +215,7 @@ def replication_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if not singles:
             continue
         base = max(singles, key=lambda r: (r.get("max_batch") or 0, r["throughput"]))
-        for r in sorted(group, key=lambda r: (r.get("replicas") or 0, r.get("max_batch") or 0)):
+        for r in sorted(group, key=lambda r: (r.get("replicas") or 0, r.get("mps") == "off", r.get("max_batch") or 0)):
             if r.get("throughput") is None or (r.get("replicas") == 1 and r is not base):
                 continue
             out.append({**r, "baseline": base.get("point"), "gain": r["throughput"] / base["throughput"] - 1})
@@ -235,7 +235,7 @@ def batch_series(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     for r in rows:
         if r.get("max_batch") is None or r.get("load_kind") == "concurrency":
             continue
-        key = (r.get("profile"), r.get("gpu"), r.get("replicas"), workload_key(r), r.get("backend"))
+        key = (r.get("profile"), r.get("gpu"), r.get("replicas"), r.get("mps"), workload_key(r), r.get("backend"))
         groups.setdefault(key, []).append(r)
     return [sorted(g, key=lambda r: r["max_batch"]) for g in groups.values()
             if len({r["max_batch"] for r in g}) >= 2]

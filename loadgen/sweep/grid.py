@@ -4,7 +4,7 @@ A sweep file is a scenario file (``loadgen.scenario``: the level tables ``[targe
 [limits] [results] [power] [server]``, exactly as ``loadgen run --print-scenario`` writes them) plus the sweep's
 own tables. Flags overwrite the file's keys, so a file and the equivalent flags give the same sweep. Layout::
 
-    level tables  the base of every point; [server] model, gpu, max_batch, replicas, speed may be lists (their
+    level tables  the base of every point; [server] model, gpu, max_batch, replicas, speed, mps may be lists (their
                   cross product is the configurations); [load] requests / duration bound each rate or
                   concurrency level; without a grid the level's own rate or concurrency is the one point
     [sweep]       name, description, notes, offline = [N, ...] (all N requests at t=0), rates = [...] (req/s),
@@ -13,7 +13,7 @@ own tables. Flags overwrite the file's keys, so a file and the equivalent flags 
                   command:  command (with {max_batch} {replicas} {label} ... placeholders), metrics_url,
                             ready_timeout, ready_path; the server listens at [target] url
                   [[sweep.configs]]: explicit configurations instead of the cross product; each may carry its
-                  own label, server settings (model, gpu, max_batch, replicas, speed) and load
+                  own label, server settings (model, gpu, max_batch, replicas, speed, mps) and load
                   (offline, rates, concurrencies, requests, duration)
     [stop]        enabled, min_served_ratio, min_achieved_ratio, latency ("e2e_p99<30s"), min_gain
     [analysis]    latency_metric, knee_factor, saturation_gain, slo, eta = [...], latency_factor = [...], ref_batch
@@ -42,7 +42,7 @@ SWEEP_TABLES: dict[str, tuple[str, ...]] = {
     "stop": ("enabled", "min_served_ratio", "min_achieved_ratio", "latency", "min_gain"),
     "analysis": ("latency_metric", "knee_factor", "saturation_gain", "slo", "eta", "latency_factor", "ref_batch"),
 }
-SERVER_GRID = ("model", "gpu", "max_batch", "replicas", "speed")  # [server] keys that may be lists
+SERVER_GRID = ("model", "gpu", "max_batch", "replicas", "speed", "mps")  # [server] keys that may be lists
 _ENDPOINT_KEYS = ("label", "url", "backend", "model", "metrics_url")
 _CONFIG_KEYS = ("label", *SERVER_GRID, "offline", "rates", "concurrencies", "requests", "duration")
 
@@ -86,6 +86,11 @@ class Target:
     max_batch: int | None = None
     replicas: int | None = None
     speed: float = 1.0
+    mps: str = "on"  # replicas share the (emulated) GPU under MPS ("on") or by time slicing ("off")
+    spread: str = "even"  # embedded: requests over replicas, round robin ("even") or Triton's choice ("triton")
+    replica_memory: float | None = None  # embedded: share of the memory budget per replica (None: 1/replicas)
+    prefix_cache: str = "off"  # embedded: the engines' prefix cache (--server-prefix-cache)
+    kv_block_tokens: int = 16  # embedded: KV block size (--server-kv-block-tokens)
     command: str | None = None
     ready_timeout_s: float = 600.0
     ready_path: str | None = None
@@ -96,9 +101,9 @@ class Target:
         return slug(self.label)
 
     def params(self) -> dict[str, Any]:
-        """The values a restart command can use: {max_batch} {replicas} {profile} {gpu} {label} {speed}."""
+        """The values a restart command can use: {max_batch} {replicas} {profile} {gpu} {label} {speed} {mps}."""
         return {"max_batch": self.max_batch, "replicas": self.replicas, "profile": self.profile, "gpu": self.gpu,
-                "label": self.label, "speed": self.speed}
+                "label": self.label, "speed": self.speed, "mps": self.mps}
 
 
 def workload_facts(base: Scenario) -> dict[str, Any]:
@@ -271,12 +276,15 @@ def _embedded_label(t: dict[str, Any], varying: set[str]) -> str:
     that tells two configurations apart."""
     parts = [t[k] for k in ("model", "gpu") if k in varying]
     parts.append(f"{t['replicas']}x{t['max_batch']}")
+    if "mps" in varying and t["replicas"] > 1:
+        parts.append("MPS" if t["mps"] == "on" else "no-MPS")
     if "speed" in varying:
         parts.append(f"s{t['speed']:g}")
     return " ".join(str(p) for p in parts)
 
 
-_SERVER_TYPES: dict[str, type] = {"model": str, "gpu": str, "max_batch": int, "replicas": int, "speed": float}
+_SERVER_TYPES: dict[str, type] = {"model": str, "gpu": str, "max_batch": int, "replicas": int, "speed": float,
+                                  "mps": bool}
 
 
 def split_server_grid(server: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -315,6 +323,12 @@ def _server_rows(base: Scenario, axes: dict[str, list[Any]], configs: Any, loads
 
 def _typed(v: Any, key: str, where: str) -> Any:
     typ = _SERVER_TYPES[key]
+    if typ is bool:
+        text = ("on" if v else "off") if isinstance(v, bool) else str(v).strip().lower()
+        if text not in ("on", "off"):
+            raise UsageError(f"{where}.{key if '.' not in where else ''}: {v!r}; use on or off (true or false)"
+                             .replace(".:", ":"))
+        return text
     return str(v) if typ is str else _num(v, f"{where}.{key}" if "." not in where else where, typ, 0)
 
 
@@ -336,7 +350,9 @@ def parse_targets(sw: dict[str, Any], axes: dict[str, list[Any]], base: Scenario
     for t, label, loads in rows:
         common = dict(label=str(label) if label else _embedded_label(t, varying), backend=backend,
                       model=str(model or "ensemble"), profile=t["model"], gpu=t["gpu"], max_batch=t["max_batch"],
-                      replicas=t["replicas"], speed=t["speed"], loads=loads)
+                      replicas=t["replicas"], speed=t["speed"], mps=t["mps"], spread=base.server.spread,
+                      replica_memory=base.server.replica_memory, prefix_cache=base.server.prefix_cache,
+                      kv_block_tokens=base.server.kv_block_tokens, loads=loads)
         if kind == "embedded":
             if backend.startswith("openai"):
                 raise UsageError(f"{where}: the embedded server speaks Triton; use backend triton-http or triton-grpc")
@@ -392,7 +408,8 @@ def _validate(targets: list[Target], where: str) -> None:
             try:
                 EmulatedModelSpec(model_name=t.model, profile=str(t.profile), gpu=str(t.gpu),
                                   max_batch=int(t.max_batch or 0), replicas=int(t.replicas or 0),
-                                  speed=t.speed).validate()
+                                  speed=t.speed, mps=t.mps == "on", spread=t.spread,
+                                  replica_memory=t.replica_memory).validate()
             except UsageError as err:
                 raise UsageError(f"{where} configuration {t.label}: {err}") from None
 

@@ -167,7 +167,11 @@ def replication_figure(rows: Sequence[dict[str, Any]], analysis: dict[str, Any])
     fig = Figure(figsize=(max(6, 1.1 * len(rep) + 2), 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    names = [f"{by_point[x['point']].get('replicas')} x {by_point[x['point']].get('max_batch')}" for x in rep]
+    def name(r: dict[str, Any]) -> str:
+        mps = "" if (r.get("replicas") or 1) == 1 else ("\nno MPS" if r.get("mps") == "off" else "\nMPS")
+        return f"{r.get('replicas')} x {r.get('max_batch')}{mps}"
+
+    names = [name(by_point[x["point"]]) for x in rep]
     vals = [by_point[x["point"]]["throughput"] for x in rep]
     colors = [FRONTIER_COLOR if x["gain"] == max(y["gain"] for y in rep) else PALETTE[0] for x in rep]
     bars = ax.bar(range(len(rep)), vals, color=colors)

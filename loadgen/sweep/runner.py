@@ -58,6 +58,7 @@ def point_row(point: Point, summary: dict[str, Any], status: str = DONE) -> dict
         "point": point.id, "config": t.label, "load": load.label, "load_kind": load.kind, "load_value": load.value,
         "status": status, "kind": t.kind, "backend": t.backend, "model": t.model, "url": summary.get("url"),
         "profile": t.profile, "gpu": t.gpu, "max_batch": t.max_batch, "replicas": t.replicas, "speed": sp,
+        "mps": t.mps,
         "throughput": per_s(summary.get("total_token_throughput_tps")),
         "output_throughput": per_s(summary.get("output_token_throughput_tps")),
         "request_throughput": per_s(summary.get("request_throughput_rps")),
@@ -310,7 +311,8 @@ def collect_rows(sweep_dir: Path, spec: SweepSpec, points: list[Point]) -> list[
             out.append({"point": p.id, "config": p.target.label, "load": p.load.label, "status": status or "pending",
                         "reason": st.get("reason") if isinstance(st, dict) else None, "valid": False,
                         "speed": p.target.speed if p.target.kind == "embedded" else 1.0,
-                        "max_batch": p.target.max_batch, "replicas": p.target.replicas, "profile": p.target.profile,
+                        "max_batch": p.target.max_batch, "replicas": p.target.replicas, "mps": p.target.mps,
+                        "profile": p.target.profile,
                         "gpu": p.target.gpu, "load_kind": p.load.kind, "load_value": p.load.value})
     return out
 

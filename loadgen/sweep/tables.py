@@ -101,12 +101,14 @@ def sweep_tables(rows: Sequence[dict[str, Any]], analysis: dict[str, Any]) -> li
         body = []
         for x in rep:
             r = by_point[x["point"]]
-            body.append([f"{r.get('replicas')} x {r.get('max_batch')}", r["load"], fmt(r["throughput"]),
+            mps = "" if (r.get("replicas") or 1) == 1 else ("no" if r.get("mps") == "off" else "yes")
+            body.append([f"{r.get('replicas')} x {r.get('max_batch')}", mps, r["load"], fmt(r["throughput"]),
                          _pct(x["gain"]), fmt(r.get("tpot_mean")), fmt(None if r.get("e2e_mean") is None
                                                                         else r["e2e_mean"] / 1e3),
                          fmt(r.get("mean_power_w")), fmt(r.get("j_per_token"), 3), fmt(r.get("preemptions"))])
         tables.append(("Replication: N replicas on one GPU vs one replica at its largest batch",
-                       ["replicas x batch", "load", "tok/s", "gain", "TPOT mean ms", "mean E2E s", "W", "J/token",
+                       ["replicas x batch", "MPS", "load", "tok/s", "gain", "TPOT mean ms", "mean E2E s", "W",
+                        "J/token",
                         "preempt"], body, "gain over the one-replica configuration with the largest max batch"))
     adv = analysis.get("advised")
     if adv:

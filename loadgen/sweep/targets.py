@@ -84,7 +84,9 @@ def _start_embedded(t: Target) -> Running:
     from loadgen.serve.launcher import EmbeddedServer, ServerConfig
 
     cfg = ServerConfig(model_name=t.model, profile=str(t.profile), gpu=str(t.gpu), max_batch=int(t.max_batch or 1),
-                       replicas=int(t.replicas or 1), speed=float(t.speed), http_port=0, grpc_port=0, metrics_port=0)
+                       replicas=int(t.replicas or 1), speed=float(t.speed), mps=t.mps == "on", spread=t.spread,
+                       replica_memory=t.replica_memory, prefix_cache=t.prefix_cache == "on",
+                       kv_block_tokens=t.kv_block_tokens, http_port=0, grpc_port=0, metrics_port=0)
     server = EmbeddedServer(cfg)
     server.start()
     url = server.grpc_url if t.backend == "triton-grpc" else server.http_url
@@ -96,7 +98,7 @@ def _start_command(t: Target, log_dir: Path) -> Running:
         cmd = str(t.command).format(**t.params())
     except (KeyError, IndexError) as err:
         raise UsageError(f"restart command {t.command!r}: unknown placeholder {err}; use {{max_batch}}, "
-                         "{replicas}, {profile}, {gpu}, {label} or {speed}") from None
+                         "{replicas}, {profile}, {gpu}, {label}, {speed} or {mps}") from None
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{t.slug}.log"
     with open(log_path, "ab") as log:
