@@ -122,13 +122,22 @@ def _stat(key: str, stat: str) -> Callable[[dict], str]:
     return lambda s: _num((s.get(key) or {}).get(stat))
 
 
+def _whole(key: str) -> Callable[[dict], str]:
+    """A whole number (tokens) in full, thousands separated."""
+    return lambda s: "-" if s.get(key) is None else f"{int(s[key]):,}"
+
+
 def _count(key: str) -> Callable[[dict], str]:
     return lambda s: "-" if s.get(key) is None else str(s[key])
 
 
 def _short(s: dict) -> str:
-    share = s.get("short_output_share")
-    return "-" if share is None else f"{share * 100:.1f}"
+    return _percent("short_output_share")(s)
+
+
+def _percent(key: str) -> Callable[[dict], str]:
+    """A share (0..1) as a percentage with one decimal; '-' when undefined."""
+    return lambda s: "-" if s.get(key) is None else f"{s[key] * 100:.1f}"
 
 
 def _errors(s: dict) -> str:
@@ -164,17 +173,80 @@ def _throughput() -> _Section:
     ])
 
 
-def _requests() -> _Section:
-    return _Section("Requests (measurement window)", [
+def _requests(summaries: Sequence[dict]) -> _Section:
+    groups = [
         _Group("outcomes", [
             _Col("measured\nreq", _count("measured_requests"), name="measured", unit="requests"),
             _Col("completed\nreq", _count("completed_requests"), name="completed", unit="requests"),
             _Col("dropped\nreq", _count("dropped_count"), name="dropped", unit="requests"),
             _Col("late\nreq", _count("late_count"), name="late", unit="requests"),
-            _Col("short\nout %", _short, name="short outputs", unit="%")]),
-        _Group("errors, validity", [
-            _Col("errors, req\nby kind", _errors, "left", name="errors by kind", unit="requests"),
-            _Col("valid", _valid, "left")]),
+            _Col("short\nout %", _short, name="short outputs", unit="%")])]
+    if has_client_cancels(summaries):  # a state of its own: neither completed nor an error (METRICS.md)
+        groups.append(_Group("cancelled by the client", [
+            _Col("cancelled\nby client", _count("cancelled_by_client_count"), name="cancelled by client",
+                 unit="requests"),
+            _Col("cancelled\n% issued", _percent("cancelled_by_client_share"), name="cancelled share",
+                 unit="% issued")]))
+    groups.append(_Group("errors, validity", [
+        _Col("errors, req\nby kind", _errors, "left", name="errors by kind", unit="requests"),
+        _Col("valid", _valid, "left")]))
+    return _Section("Requests (measurement window)", groups)
+
+
+def has_client_cancels(summaries: Sequence[dict]) -> bool:
+    """Whether a level planned client cancellations (``--cancel-rate``) or counted any: only then does the
+    report give them columns (a level without them would show a column of zeros)."""
+    return any(s.get("cancelled_by_client_count") or (s.get("extra") or {}).get("cancel") for s in summaries)
+
+
+def has_reasoning(summaries: Sequence[dict]) -> bool:
+    """Whether a level's streams carried reasoning tokens (a reasoning model): only then the reasoning section."""
+    return any(s.get("reasoning_tokens_total") or (s.get("ttfrt_ms") or {}).get("count") for s in summaries)
+
+
+def workload_notes(s: dict) -> list[tuple[str, str]]:
+    """(what, sentence) about how the level's load was shaped beyond its rate (``summary["extra"]``, written by
+    ``loadgen.level.plan``): the ramp before the window and the planned client cancellations. Shared with
+    report.html."""
+    extra = s.get("extra") or {}
+    out = []
+    ramp = extra.get("ramp")
+    if isinstance(ramp, dict) and ramp.get("ramp_s"):
+        if ramp.get("users") is not None:
+            out.append(("Ramp", f"{ramp['users']} users started one by one over {ramp['ramp_s']:g} s, before "
+                                "the measured window"))
+        else:
+            target = s.get("target_rate_rps")
+            to = f" -> {target:g}" if target is not None else ""
+            n = ramp.get("requests")
+            out.append(("Ramp", f"{ramp.get('start_rate_rps') or 0:g}{to} req/s over {ramp['ramp_s']:g} s"
+                                + (f" ({n} requests)" if n is not None else "") + ", excluded from the window"))
+    cancel = extra.get("cancel")
+    if isinstance(cancel, dict) and cancel.get("rate"):
+        after = f" {cancel['after']} after issue" if cancel.get("after") else ""
+        out.append(("Cancellation", f"{cancel['rate'] * 100:g}% of requests abandoned{after} (cancelled by "
+                                    "client, not errors)"))
+    return out
+
+
+def _reasoning_share(s: dict) -> str:
+    total, reasoning = s.get("output_tokens_total"), s.get("reasoning_tokens_total")
+    if not total or reasoning is None:
+        return "-"
+    return f"{reasoning / total * 100:.1f}"
+
+
+def _reasoning() -> _Section:
+    """TTFRT/TTFAT percentiles and the reasoning/answer split of the output tokens (reasoning models only)."""
+    return _Section("Reasoning model (completed requests)", [
+        _Group("time to first reasoning token", [
+            _Col(f"TTFRT\n{p} ms", _stat("ttfrt_ms", p), name=f"TTFRT {p}", unit="ms") for p in _PCTS]),
+        _Group("time to first answer token", [
+            _Col(f"TTFAT\n{p} ms", _stat("ttfat_ms", p), name=f"TTFAT {p}", unit="ms") for p in _PCTS]),
+        _Group("output token split", [
+            _Col("reasoning\ntok", _whole("reasoning_tokens_total"), name="reasoning tokens", unit="tokens"),
+            _Col("answer\ntok", _whole("answer_tokens_total"), name="answer tokens", unit="tokens"),
+            _Col("reasoning\n% output", _reasoning_share, name="reasoning share", unit="% output")]),
     ])
 
 
@@ -420,7 +492,9 @@ def render_report(summaries: list[dict], console: Console, title: str | None = N
         else:  # a rule would cut it with an ellipsis
             console.rule()
             _print(console, Text(title, style="bold"))
-    sections = [_throughput(), _requests(), _latency(summaries), _scheduled()]
+    sections = [_throughput(), _requests(summaries), _latency(summaries), _scheduled()]
+    if has_reasoning(summaries):
+        sections.append(_reasoning())
     has_energy = any(isinstance(s.get("energy"), dict) for s in summaries)
     if has_energy:
         sections.append(_energy_section())
@@ -443,6 +517,9 @@ def render_report(summaries: list[dict], console: Console, title: str | None = N
         if s.get("slo_s"):
             slo = ", ".join(f"{k} <= {v * 1000:g} ms" for k, v in s["slo_s"].items())
             _print(console, Text(f"SLO of {_label(s)}: {slo}"))
+    for s in summaries:
+        for what, line in workload_notes(s):
+            _print(console, Text(f"{what} of {_label(s)}: {line}" if len(summaries) > 1 else f"{what}: {line}"))
     methods = {s.get("prompt_method") or "" for s in summaries}
     if len(methods) == 1:
         _print(console, Text(f"Prompts: {methods.pop() or 'not recorded'}"))

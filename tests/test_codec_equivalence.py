@@ -164,6 +164,10 @@ class RefOpenAIParser:
         self._chat = chat
         self._last_usage_out: int | None = None
         self._done = False
+        self._counted = 0  # output tokens so far: the reasoning timings name a token by its ordinal
+        self._first: dict[str, int] = {}  # "reasoning" / "answer" -> ordinal of the first such token
+        self._reasoning = 0
+        self._server_reasoning: int | None = None
 
     def feed(self, data: bytes) -> int:
         tokens = 0
@@ -188,32 +192,50 @@ class RefOpenAIParser:
             err = obj.get("error", obj)
             t.error = str(err.get("message", err)) if isinstance(err, dict) else str(err)
             return 0
-        text = False
+        answer = thinking = False
         for choice in obj.get("choices") or ():
             if self._chat:
                 delta = choice.get("delta") or {}
-                if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
-                    text = True
+                if delta.get("content") or delta.get("tool_calls"):
+                    answer = True
+                elif delta.get("reasoning_content") or delta.get("reasoning"):
+                    thinking = True
             elif choice.get("text"):
-                text = True
+                answer = True
+        n = 1 if (answer or thinking) else 0
         usage = obj.get("usage")
         if usage:
             if usage.get("prompt_tokens") is not None:
                 t.server_input_tokens = int(usage["prompt_tokens"])
+            details = usage.get("completion_tokens_details")
+            if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
+                self._server_reasoning = int(details["reasoning_tokens"])
             out = usage.get("completion_tokens")
             if out is not None:
                 out = int(out)
                 prev = self._last_usage_out
                 self._last_usage_out = out
                 t.server_output_tokens = out
-                if text and prev is not None:
-                    return max(out - prev, 1)
-        return 1 if text else 0
+                if n and prev is not None:
+                    n = max(out - prev, 1)
+        if answer:  # an event with answer text is the answer's, whatever else it carries
+            self._first.setdefault("answer", self._counted)
+        elif thinking:
+            self._first.setdefault("reasoning", self._counted)
+            self._reasoning += n
+        self._counted += n
+        return n
 
     def finish(self) -> StreamTotals:
         t = self._totals
         ref_drain(self._sse, t, self._event, lambda obj: "error" in obj or obj.get("object") == "error")
         t.completed = self._done and t.error is None and t.protocol_error is None
+        if "reasoning" in self._first or self._server_reasoning:
+            t.extra["reasoning"] = {
+                "first_reasoning_token": self._first.get("reasoning"),
+                "first_answer_token": self._first.get("answer"),
+                "reasoning_tokens": self._reasoning if self._server_reasoning is None else self._server_reasoning,
+            }
         return t
 
 
@@ -323,7 +345,7 @@ def openai_event(rng: random.Random, chat: bool) -> bytes:
     for _ in range(n_choices):
         if chat:
             delta: dict[str, Any] = {}
-            for key in ("role", "content", "reasoning_content", "tool_calls"):
+            for key in ("role", "content", "reasoning_content", "reasoning", "tool_calls"):
                 if rng.random() < (0.7 if key == "content" else 0.1):
                     delta[key] = rng.choice(("", " tok", None, [{"id": "t"}], []))
             choice: Any = {"index": 0, "delta": rng.choice((delta, delta, delta, None, {}))}
@@ -339,6 +361,9 @@ def openai_event(rng: random.Random, chat: bool) -> bytes:
             usage["prompt_tokens"] = rng.choice((12, 0, None, "12"))
         if rng.random() < 0.9:
             usage["completion_tokens"] = rng.choice((1, 2, 5, 9, 64, 0, None))
+        if chat and rng.random() < 0.2:
+            usage["completion_tokens_details"] = rng.choice(({"reasoning_tokens": 3}, {"reasoning_tokens": None}, {},
+                                                             None))
         obj["usage"] = rng.choice((usage, usage, None, {}))
     return orjson.dumps(obj)
 

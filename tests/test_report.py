@@ -166,3 +166,75 @@ def test_cli_errors_name_the_directory(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("loadgen report: error:")
+
+
+# -- issue 14: client cancellations, ramps and reasoning models ------------------------------------------------
+def _reasoning_records(n: int = 100) -> list[RequestRecord]:
+    """10 ms apart, 10 tokens each, the first 6 reasoning: TTFRT 20 ms, TTFAT 40..48 ms (44 ms median); every
+    tenth request abandoned by the client after 3 tokens (status cancelled_by_client, not an error)."""
+    out = []
+    for i in range(n):
+        sched = int(i * 10 * MS)
+        answer_at = 40_000 + (i % 5) * 2000  # µs after issue
+        offs = [20_000 + j * 2000 for j in range(6)] + [answer_at + j * 2000 for j in range(4)]
+        r = RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched, end_ns=sched + offs[-1] * 1000,
+                          chunk_offsets_us=offs, chunk_tokens=[1] * 10, status="ok", max_tokens=10,
+                          input_tokens=20, first_reasoning_ns=sched + offs[0] * 1000,
+                          first_answer_ns=sched + answer_at * 1000, reasoning_tokens=6)
+        if i % 10 == 3:
+            r.status, r.cancel_after_s, r.end_ns = "cancelled_by_client", 0.025, sched + 25 * MS
+            r.chunk_offsets_us, r.chunk_tokens, r.first_answer_ns = offs[:3], [1] * 3, None
+        out.append(r)
+    return out
+
+
+_EXTRA = {"ramp": {"ramp_s": 5.0, "start_rate_rps": 1.0, "requests": 22},
+          "cancel": {"rate": 0.1, "after": "25ms", "mean_after_s": 0.025}}
+
+
+def _issue14_summary(name: str = "reasoning") -> dict:
+    return summarize(_reasoning_records(), _ctx(name, 100.0, extra=dict(_EXTRA)))
+
+
+def test_cancellations_ramp_and_reasoning_are_in_the_report():
+    s = _issue14_summary()
+    assert s["cancelled_by_client_count"] == 10 and s["error_count"] == 0 and s["completed_requests"] == 90
+    text = _render([s], 200)
+    # beside the other request states, in a group of their own: the errors column still says 0
+    head = next(line for line in text.splitlines() if "measured" in line and "cancelled" in line)
+    assert head.index("short") < head.index("cancelled") < head.index("errors, req")
+    assert re.search(r"^reasoning\s+100\s+90\s+0\s+0\s+0\.0\s+10\s+10\.0\s+0\s+yes$", text, re.M)
+    # TTFRT p50 p90 p99, TTFAT p50 p90 p99, reasoning and answer tokens, the reasoning share of the output
+    assert "Reasoning model (completed requests)" in text
+    assert re.search(r"^reasoning\s+20\.0\s+20\.0\s+20\.0\s+44\.0\s+48\.0\s+48\.0\s+540\s+360\s+60\.0$", text, re.M)
+    assert "Ramp: 1 -> 100 req/s over 5 s (22 requests), excluded from the window" in text
+    assert "Cancellation: 10% of requests abandoned 25ms after issue (cancelled by client, not errors)" in text
+    # several levels: each line names its level
+    two = _render([s, _issue14_summary("other")], 120)
+    assert "Ramp of reasoning: 1 -> 100 req/s" in two and "Cancellation of other: 10%" in two
+    # token counts are whole numbers, however few
+    few = summarize(_reasoning_records(8), _ctx("few", 100.0))
+    assert re.search(r"^few(\s+[\d.]+){6}\s+42\s+28\s+60\.0$", _render([few], 200), re.M)
+
+
+def test_a_level_without_them_shows_none_of_them(summaries):
+    text = _render(summaries, 200)
+    for absent in ("cancelled", "Reasoning model", "TTFRT", "TTFAT", "Ramp", "Cancellation"):
+        assert absent not in text[:text.index("Definitions")], absent
+    # planned cancellations that never fired still get their (zero) columns
+    s = dict(summaries[0], extra={"cancel": _EXTRA["cancel"]})
+    assert re.search(r"^rate-100\s+100\s+100\s+0\s+0\s+0\.0\s+0\s+0\.0\s+0\s+yes$", _render([s], 200), re.M)
+
+
+def test_loadgen_report_rerenders_them_from_a_crashed_runs_records(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one row per level, whatever the terminal
+    d = tmp_path / "crashed"
+    d.mkdir()
+    (d / "records.jsonl").write_bytes(b"".join(orjson.dumps(r.to_dict()) + b"\n" for r in _reasoning_records()))
+    ctx = _ctx("crashed", 100.0, extra=dict(_EXTRA)).to_dict()
+    (d / "config.json").write_bytes(orjson.dumps({"level_context": ctx, "anchor": {}}))
+    assert execute(_parse([str(d)])) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^crashed\s+20\.0\s+20\.0\s+20\.0\s+44\.0\s+48\.0\s+48\.0\s+540\s+360\s+60\.0$", out, re.M)
+    assert re.search(r"^crashed\s+100\s+90\s+0\s+0\s+0\.0\s+10\s+10\.0\s+0\s+yes$", out, re.M)
+    assert "Ramp: 1 -> 100 req/s over 5 s" in out and "Cancellation: 10% of requests" in out

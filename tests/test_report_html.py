@@ -41,19 +41,31 @@ T0_OFFSET_NS = 250 * MS
 
 # -- synthetic run directories -----------------------------------------------------------------------------------
 def make_run(run_dir: Path, name: str = "syn", n: int = 60, anchor: bool = True, server: bool = True,
-             power: bool = False, ttft_base_ms: int = 10) -> dict:
-    """10 req/s for n/10 s; TTFT grows with the prompt (100..550 tokens); written by the real write_results."""
+             power: bool = False, ttft_base_ms: int = 10, issue14: bool = False) -> dict:
+    """10 req/s for n/10 s; TTFT grows with the prompt (100..550 tokens); written by the real write_results.
+
+    ``issue14``: a reasoning model behind a ramp, with client cancellations: the first 5 of the 8 tokens are
+    reasoning (the answer's first token 15 ms after the first one) and every 6th request is abandoned after 3."""
     run_dir.mkdir(parents=True)
     recs = []
     for i in range(n):
         sched, inputs = i * 100 * MS, 100 + (i % 10) * 50
         offs = [(ttft_base_ms + inputs // 20 + 5 * j) * 1000 for j in range(8)]
-        recs.append(RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched + MS, chunk_offsets_us=offs,
-                                  chunk_tokens=[1] * 8, end_ns=sched + MS + offs[-1] * 1000 + MS, status="ok",
-                                  input_tokens=inputs, max_tokens=8))
+        r = RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched + MS, chunk_offsets_us=offs,
+                          chunk_tokens=[1] * 8, end_ns=sched + MS + offs[-1] * 1000 + MS, status="ok",
+                          input_tokens=inputs, max_tokens=8)
+        if issue14:
+            r.first_reasoning_ns, r.first_answer_ns = r.issued_ns + offs[0] * 1000, r.issued_ns + offs[3] * 1000
+            r.reasoning_tokens = 5
+            if i % 6 == 1:
+                r.status, r.cancel_after_s, r.first_answer_ns = "cancelled_by_client", 0.02, None
+                r.chunk_offsets_us, r.chunk_tokens, r.end_ns = offs[:3], [1] * 3, sched + 21 * MS
+        recs.append(r)
     (run_dir / "records.jsonl").write_bytes(b"".join(orjson.dumps(r.to_dict()) + b"\n" for r in recs))
+    extra = {"ramp": {"ramp_s": 0.5, "start_rate_rps": 0.0, "requests": 3},
+             "cancel": {"rate": 0.17, "after": "20ms", "mean_after_s": 0.02}} if issue14 else {}
     ctx = LevelContext(name=name, backend="triton-http", url="http://127.0.0.1:9", model="ensemble",
-                       target_rate=10.0, run_end_ns=n * 100 * MS, warmup_s=0.5)
+                       target_rate=10.0, run_end_ns=n * 100 * MS, warmup_s=0.5, extra=extra)
     (run_dir / "config.json").write_bytes(orjson.dumps({"level_context": ctx.to_dict()}))
     if server:
         lines = [{"t_mono_ns": ANCHOR_NS + T0_OFFSET_NS + k * 500 * MS,
@@ -99,6 +111,9 @@ def test_a_run_leaves_a_page_with_verdict_table_and_every_plot(tmp_path: Path):
     for text in ("TTFT", "tok/s", "req/s", "ms", "Over time", "Latency over time", "Distributions"):
         assert text in page
     assert "omitted" not in page and "server metrics: none" not in page
+    # no reasoning, ramp or client cancellation in this run: none of their rows or lines
+    for absent in ("cancelled by the client", "TTFRT", "TTFAT", "reasoning tokens", "Ramp:", "Cancellation:"):
+        assert absent not in page, absent
     summary = orjson.loads((rd / "summary.json").read_bytes())
     assert summary["timeseries"] == {"file": "timeseries.json", "window_s": 1.0, "windows": 6}
     assert orjson.loads((rd / "timeseries.json").read_bytes())["completed_rps"][1:5] == [10.0] * 4
@@ -169,6 +184,63 @@ def test_report_html_compares_runs(tmp_path: Path, monkeypatch, capsys):
     assert main(["report", str(a), "--html"]) == 0  # FILE defaults to report.html in the current directory
     assert "loadgen run: fast" in page_of(tmp_path / "report.html")
     assert "wrote report.html" in capsys.readouterr().err
+
+
+def _row(page: str, name: str) -> list[str]:
+    """The cells of the summary table's row ``name`` (after its name)."""
+    m = re.search(rf"<tr><td>{re.escape(html.escape(name))}</td>(.*?)</tr>", page)
+    assert m, name
+    return re.findall(r"<td[^>]*>(.*?)</td>", m.group(1))
+
+
+@pytest.fixture(scope="module")
+def issue14_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A synthetic run of a reasoning model with a ramp and client cancellations (one page for these tests)."""
+    rd = tmp_path_factory.mktemp("issue14") / "run"
+    return rd, make_run(rd, issue14=True)
+
+
+def test_cancellations_ramp_and_reasoning_rows(issue14_run):
+    rd, summary = issue14_run
+    page = page_of(rd / "report.html")
+    assert_self_contained(page)
+    assert summary["cancelled_by_client_count"] == 9 and summary["error_count"] == 0
+    # beside the other states (after dropped and late, before short outputs), never folded into the errors
+    names = re.findall(r"<tr><td>([^<]*)</td><td class='unit'>", page)
+    at = names.index("cancelled by the client (--cancel-rate)")
+    assert names.index("late (lag above the tolerance)") < at < names.index("short outputs")
+    assert _row(page, "cancelled by the client (--cancel-rate)") == ["requests", "9"]
+    assert _row(page, "cancelled by the client, share of issued") == ["%", "16.4"]  # 9 of 55 measured
+    assert _row(page, "errors (by kind)") == ["requests", "0"]
+    ttfrt, ttfat = summary["ttfrt_ms"], summary["ttfat_ms"]
+    assert ttfat["count"] == ttfrt["count"] == summary["completed_requests"] == 46
+    assert _row(page, "TTFRT (first reasoning token)")[1] == " / ".join(f"{ttfrt[p]:#.3g}" for p in ("p50", "p90",
+                                                                                                      "p99"))
+    assert [float(v) - float(r) for v, r in zip(_row(page, "TTFAT (first answer token)")[1].split(" / "),
+                                                _row(page, "TTFRT (first reasoning token)")[1].split(" / "),
+                                                strict=True)] == [15.0] * 3
+    assert _row(page, "reasoning tokens") == ["tokens", "230"] and _row(page, "answer tokens") == ["tokens", "138"]
+    assert "Ramp: 0 -&gt; 10 req/s over 0.5 s (3 requests), excluded from the window" in page
+    assert "Cancellation: 17% of requests abandoned 20ms after issue" in page
+
+
+def test_chromium_shows_the_rows(issue14_run):
+    """The browser's own DOM of the page (not the HTML text) has the new rows with their numbers."""
+    rd, _ = issue14_run
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium not found: apt-get install -y chromium (.ci/run installs it)"
+    with tempfile.TemporaryDirectory() as profile:
+        p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            f"--user-data-dir={profile}", "--dump-dom", (rd / "report.html").as_uri()],
+                           capture_output=True, text=True, timeout=90)
+    dom = p.stdout
+    assert "</table>" in dom, p.stderr[-2000:]
+    for name, cells in (("cancelled by the client (--cancel-rate)", ["requests", "9"]),
+                        ("reasoning tokens", ["tokens", "230"])):
+        row = re.search(rf"<tr><td>{re.escape(html.escape(name))}</td>(.*?)</tr>", dom)
+        assert row and re.findall(r"<td[^>]*>(.*?)</td>", row.group(1)) == cells, name
+    assert re.search(r"<td>TTFAT \(first answer token\)</td><td class=\"unit\">ms</td><td>[\d.]+ / ", dom)
 
 
 # -- a real run, and what a browser makes of its page ----------------------------------------------------------

@@ -29,11 +29,19 @@ NAMES = ("triton-http-poisson-8rps", "openai-completions-poisson-8rps", "triton-
 DIRS = ("20261205-143848-triton-http-poisson-8rps", "20261205-144112-openai-completions-poisson-8rps")
 
 
-def _records(n: int, rate: float, ttft_ms: float, itl_ms: float, errors: int = 0) -> list[RequestRecord]:
-    """``n`` requests at ``rate`` req/s with some spread (real-looking percentiles), the last ``errors`` failed."""
+def _records(n: int, rate: float, ttft_ms: float, itl_ms: float, errors: int = 0,
+             reasoning: bool = False) -> list[RequestRecord]:
+    """``n`` requests at ``rate`` req/s with some spread (real-looking percentiles), the last ``errors`` failed;
+    ``reasoning``: 10 of the 16 tokens are a reasoning model's thinking, and every 8th request is abandoned by the
+    client."""
     out = []
     for i in range(n):
         sched = int(i * 1000 / rate * MS)
+        if reasoning and i % 8 == 5:
+            out.append(RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched, end_ns=sched + 500 * MS,
+                                     status="cancelled_by_client", cancel_after_s=0.5, max_tokens=16,
+                                     input_tokens=128))
+            continue
         if i >= n - errors:
             out.append(RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched, end_ns=sched + 30_000 * MS,
                                      status="error", error_kind="timeout" if i % 2 else "http_status",
@@ -41,19 +49,26 @@ def _records(n: int, rate: float, ttft_ms: float, itl_ms: float, errors: int = 0
             continue
         first = ttft_ms * (1 + (i % 7) / 5)
         offs = [int((first + j * itl_ms * (1 + (i % 3) / 10)) * 1000) for j in range(16)]  # µs after issue
-        out.append(RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched + (i % 4) * 200_000,
-                                 end_ns=sched + offs[-1] * 1000 + 1 * MS, chunk_offsets_us=offs,
-                                 chunk_tokens=[1] * 16, status="ok", max_tokens=16, input_tokens=128))
+        r = RequestRecord(index=i, scheduled_ns=sched, issued_ns=sched + (i % 4) * 200_000,
+                          end_ns=sched + offs[-1] * 1000 + 1 * MS, chunk_offsets_us=offs,
+                          chunk_tokens=[1] * 16, status="ok", max_tokens=16, input_tokens=128)
+        if reasoning:
+            r.reasoning_tokens = 10
+            r.first_reasoning_ns = r.issued_ns + offs[0] * 1000
+            r.first_answer_ns = r.issued_ns + offs[10] * 1000
+        out.append(r)
     return out
 
 
 def _summary(name: str, rate: float, ttft_ms: float, itl_ms: float, errors: int = 0, energy: bool = False,
-             slo: bool = False) -> dict:
+             slo: bool = False, reasoning: bool = False) -> dict:
     n = int(rate * 20)
+    extra = {"ramp": {"ramp_s": 30.0, "start_rate_rps": 0.0, "requests": 120},
+             "cancel": {"rate": 0.125, "after": "exp:500ms", "mean_after_s": 0.5}} if reasoning else {}
     ctx = LevelContext(name=name, backend=name.rsplit("-poisson", 1)[0], target_rate=rate,
                        run_end_ns=int(n * 1000 / rate * MS), prompt_method="word-level approximation (1 word = 1 token)",
-                       slo={"ttft": 0.05, "tpot": 0.02} if slo else {})
-    s = summarize(_records(n, rate, ttft_ms, itl_ms, errors), ctx)
+                       slo={"ttft": 0.05, "tpot": 0.02} if slo else {}, extra=extra)
+    s = summarize(_records(n, rate, ttft_ms, itl_ms, errors, reasoning), ctx)
     if energy:  # the fields loadgen.power.energy writes
         s["energy"] = {"status": "ok", "note": None, "source": "nvml", "method": "counter", "mean_power_w": 231.4,
                        "peak_power_w": 298.2, "idle_power_w": 61.9, "energy_j": 4627.9, "counter_energy_j": 4627.9,
@@ -119,6 +134,30 @@ def test_report_fits_the_width_with_whole_labels_and_units(runs, width, n):
     # the lines about a level name it in full
     assert f"SLO of {labels[0]}: ttft <= 50 ms, tpot <= 20 ms" in text
     assert f"Energy of {labels[0]}: counter 4,628 J" in text
+
+
+@pytest.mark.parametrize("width", [80, 200])
+@pytest.mark.parametrize("n", [1, 3])
+def test_reasoning_cancellations_and_ramps_fit_the_width(runs, width, n):
+    """A reasoning model's level with client cancellations and a ramp: its extra columns, section and lines fit."""
+    summaries = []
+    for s in runs[:n]:
+        r = _summary(s["name"], 8.0, 41.7, 9.6, errors=7 if len(summaries) == 1 else 0, reasoning=True)
+        r["label"] = s["label"]
+        summaries.append(r)
+    lines = _check_lines(_render(summaries, width), width)
+    text = "\n".join(lines)
+    _no_folded_label(lines, [s["label"].split("/")[0] for s in summaries])
+    assert text.count("Reasoning model (completed requests)") == 1 and text.count("Requests (measurement") == 1
+    assert summaries[0]["cancelled_by_client_count"] == 20 and summaries[0]["reasoning_tokens_total"] == 1400
+    for figure in ("TTFRT", "TTFAT", "1,400", "62.5", "cancelled", "12.5"):  # 1400 of 2240 tokens; 20 of 160
+        assert figure in text, figure
+    if n > 1:  # the errors stay errors, by kind, and the cancellations are not among them
+        kinds = summaries[1]["errors_by_kind"]
+        assert f"timeout {kinds['timeout']}" in text and f"http_status {kinds['http_status']}" in text
+        assert "cancelled_by_client" not in text[:text.index("Definitions")]
+    who = f" of {summaries[0]['label'].split('/')[0]}" if n > 1 else ""
+    assert f"Ramp{who}: 0 -> 8 req/s over 30 s (120 requests)" in " ".join(text.split())
 
 
 def test_wide_terminal_shows_one_row_per_level_with_full_names(runs):

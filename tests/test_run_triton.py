@@ -48,7 +48,7 @@ def test_triton_backends_counts_and_timing_against_server(embedded_server, tmp_p
                "--out-dir", str(tmp_path), *COMMON])
     assert rc == 0
     recs, config, summary = load(only_run_dir(tmp_path))
-    assert len(recs) == 24 and all(r["status"] == "ok" for r in recs), [r["error"] for r in recs]
+    assert len(recs) == 24 and all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
     for r in recs:
         assert r["server_output_tokens"] == 12 == sum(r["chunk_tokens"])  # max_tokens honoured, counts agree
         assert r["server_input_tokens"] == r["input_tokens"] == 64  # same word-level count on both sides
@@ -88,7 +88,7 @@ def test_openai_backends_through_a_real_frontend(embedded_server, tmp_path, back
     finally:
         front.stop()
     recs, _, summary = load(only_run_dir(tmp_path))
-    assert len(recs) == 24 and all(r["status"] == "ok" for r in recs), [r["error"] for r in recs]
+    assert len(recs) == 24 and all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
     assert all(r["server_output_tokens"] == 12 == sum(r["chunk_tokens"]) for r in recs)
     assert all(r["server_input_tokens"] == 64 for r in recs)
     assert summary["token_count_mismatches"] == 0 and summary["short_output_count"] == 0

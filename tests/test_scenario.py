@@ -158,7 +158,8 @@ def test_bad_input_exits_2_fast_and_starts_nothing(tmp_path):
 
 
 def test_sections_cover_what_the_issue_names():
-    assert set(SECTIONS) == {"target", "load", "workload", "trace", "limits", "results", "power", "server"}
+    assert set(SECTIONS) == {"target", "load", "workload", "trace", "session", "limits", "results", "power",
+                             "server"}
 
 
 def test_locust_gets_the_same_flags_without_groups():

@@ -106,6 +106,10 @@ def _summary() -> dict:
             chunk_offsets_us=[ttft_us, ttft_us + 25_000, ttft_us + 50_000], chunk_tokens=[1, 1, 1],
             status="ok" if i != 7 else "error", error_kind=None if i != 7 else "timeout", max_tokens=3,
         ))
+        if i % 2:  # a reasoning model's stream: the first token is reasoning, the next ones the answer
+            records[-1].first_reasoning_ns = sched + ttft_us * 1000
+            records[-1].first_answer_ns = sched + (ttft_us + 25_000) * 1000
+            records[-1].reasoning_tokens = 1
     ctx = LevelContext(name="t", target_rate=50.0, run_end_ns=1000 * MS, slo={"ttft": 0.5, "tpot": 0.05})
     return summarize(records, ctx)
 

@@ -62,9 +62,19 @@ class OpenAICodec:
 
 class OpenAIStreamParser(SSEStreamParser):
     """Parses an OpenAI stream. Runs once per event after the response ended, on the event loop, so the common
-    chunk costs one JSON parse and a few dict look-ups; the results are those of the plain reading."""
+    chunk costs one JSON parse and a few dict look-ups; the results are those of the plain reading.
 
-    __slots__ = ("_totals", "_chat", "_last_usage_out", "_done")
+    Reasoning models (DeepSeek-R1 style on vLLM, SGLang) stream their thinking as ``delta.reasoning_content`` (or
+    ``delta.reasoning``) before the answer's ``delta.content``. Every token counts as output (TTFT is the first
+    token of either kind), and the parser also notes the ordinal (0-based, in the order counted) of the first
+    reasoning token and of the first answer token, and how many tokens were reasoning: ``totals.extra["reasoning"]``
+    (only when the stream had reasoning). The transport finds the chunk that carried each ordinal in the record's
+    ``chunk_tokens`` and so its arrival time (``first_reasoning_ns``, ``first_answer_ns``); counting tokens keeps
+    the per-event cost at one addition, where numbering the network chunks would cost a call per chunk.
+    """
+
+    __slots__ = ("_totals", "_chat", "_last_usage_out", "_done", "_ntok", "_first_r", "_first_a", "_r_tokens",
+                 "_server_r_tokens")
 
     def __init__(self, chat: bool) -> None:
         super().__init__()
@@ -72,6 +82,11 @@ class OpenAIStreamParser(SSEStreamParser):
         self._chat = chat
         self._last_usage_out: int | None = None
         self._done = False
+        self._ntok = 0  # output tokens counted so far
+        self._first_r: int | None = None  # ordinal of the first reasoning token
+        self._first_a: int | None = None  # ordinal of the first answer token
+        self._r_tokens = 0
+        self._server_r_tokens: int | None = None
 
     def _event(self, payload: bytes) -> int:
         try:
@@ -91,22 +106,33 @@ class OpenAIStreamParser(SSEStreamParser):
             self._totals.error = str(err.get("message", err)) if isinstance(err, dict) else str(err)
             return 0
         text = False
+        reasoning = False  # the event's tokens are reasoning (thinking): no choice brought answer text
         choices = obj.get("choices")
         if choices:
             if self._chat:
                 for choice in choices:
                     delta = choice.get("delta")
-                    if delta and (delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")):
-                        text = True
+                    if delta:
+                        if delta.get("content") or delta.get("tool_calls"):
+                            text = True
+                        elif delta.get("reasoning_content") or delta.get("reasoning"):
+                            reasoning = True
+                if reasoning:
+                    reasoning = not text
+                    text = True
             else:
                 for choice in choices:
                     if choice.get("text"):
                         text = True
+        n = 1 if text else 0
         usage = obj.get("usage")
         if usage:
             t = self._totals
             if usage.get("prompt_tokens") is not None:
                 t.server_input_tokens = int(usage["prompt_tokens"])
+            details = usage.get("completion_tokens_details")
+            if type(details) is dict and details.get("reasoning_tokens") is not None:
+                self._server_r_tokens = int(details["reasoning_tokens"])
             out = usage.get("completion_tokens")
             if out is not None:
                 out = int(out)
@@ -115,11 +141,24 @@ class OpenAIStreamParser(SSEStreamParser):
                 t.server_output_tokens = out
                 if text and prev is not None:
                     # Usage on an earlier chunk too: continuous usage stats, so the difference is exact.
-                    return max(out - prev, 1)
-        return 1 if text else 0
+                    n = max(out - prev, 1)
+        if text:
+            if reasoning:
+                self._r_tokens += n
+                if self._first_r is None:
+                    self._first_r = self._ntok
+            elif self._first_a is None:
+                self._first_a = self._ntok
+            self._ntok += n
+        return n
 
     def finish(self) -> StreamTotals:
         t = self._totals
         drain_body(self._sse, t, self._event, lambda obj: "error" in obj or obj.get("object") == "error")
         t.completed = self._done and t.error is None and t.protocol_error is None
+        if self._first_r is not None or self._server_r_tokens:
+            t.extra["reasoning"] = {
+                "first_reasoning_token": self._first_r, "first_answer_token": self._first_a,
+                "reasoning_tokens": self._server_r_tokens if self._server_r_tokens is not None else self._r_tokens,
+            }
         return t

@@ -268,3 +268,75 @@ def offsets_for_stripe(offsets: np.ndarray, worker: int, n_workers: int) -> tupl
         raise ValueError(f"worker must be in 0..{n_workers - 1}, got {worker!r}")
     indices = np.arange(worker, len(offsets), n_workers, dtype=np.int64)
     return indices, offsets[indices]
+
+
+# -- ramps ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ramp:
+    """A linear ramp of the arrival rate before the measured schedule: from ``start_rate`` at t0 to the spec's
+    rate at ``duration_s``, then the spec's own schedule, shifted by ``duration_s``."""
+
+    duration_s: float
+    start_rate: float = 0.0
+
+    def expected(self, rate: float) -> float:
+        """Λ(R), the expected number of the ramp's arrivals: the area under the rate line."""
+        return (self.start_rate + rate) / 2 * self.duration_s
+
+    def time_of(self, u: np.ndarray, rate: float) -> np.ndarray:
+        """Λ⁻¹: the real time (s) at which the cumulative rate reaches ``u`` (expected arrivals).
+
+        Λ(t) = r0 t + a t² with a = (r - r0) / (2R); the root is written 2u / (r0 + sqrt(r0² + 4au)), which stays
+        exact when r0 = 0 (then t = sqrt(u / a)) and when a = 0 (then t = u / r0)."""
+        r0 = self.start_rate
+        a = (rate - r0) / (2 * self.duration_s)
+        u = np.asarray(u, dtype=np.float64)
+        root = np.sqrt(np.maximum(r0 * r0 + 4 * a * u, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(r0 + root > 0, 2 * u / (r0 + root), 0.0)
+        return np.minimum(t, self.duration_s)
+
+
+def ramp_offsets(spec: ArrivalSpec, ramp: Ramp) -> np.ndarray:
+    """The ramp's arrivals (int64 ns from t0, sorted, all before ``ramp.duration_s``), seeded from the spec.
+
+    Time rescaling: the spec's own process (same kind, same cv) at unit rate over the ramp's expected count
+    Λ(R) of "operational time", then every arrival moved to Λ⁻¹ of its time. For Poisson this is exactly the
+    inhomogeneous Poisson process with the linear rate (with ``count = exact``: conditioned on round(Λ(R))
+    arrivals); for gamma it keeps the gaps' shape in operational time; for constant it is one arrival per unit of
+    Λ, so the gaps shrink as the rate rises. The ramp's stream is seeded apart from the measured schedule's."""
+    spec.validate()
+    if not spec.is_open_loop or spec.rate is None:
+        raise ValueError("a ramp of arrivals needs an open-loop spec; a closed loop ramps its users instead")
+    total = ramp.expected(spec.rate)
+    if total <= 0:
+        return np.empty(0, dtype=np.int64)
+    unit = ArrivalSpec(kind=spec.kind, rate=1.0, cv=spec.cv, duration_s=total, seed=_ramp_seed(spec.seed),
+                       count=spec.count)
+    op = build_offsets(unit).astype(np.float64) / _NS
+    real = ramp.time_of(op, spec.rate)
+    out = np.rint(real * _NS).astype(np.int64)
+    return np.minimum(out, int(ramp.duration_s * _NS) - 1)
+
+
+def _ramp_seed(seed: int) -> int:
+    return (int(seed) * 2_654_435_761 + 0x52414D50) % (1 << 63)
+
+
+def build_offsets_with_ramp(spec: ArrivalSpec, ramp: Ramp | None) -> tuple[np.ndarray, int]:
+    """(the whole schedule, how many of its first requests are the ramp's): the ramp's arrivals, then the spec's
+    schedule shifted by the ramp's duration. Without a ramp, ``build_offsets(spec)`` and 0."""
+    main = build_offsets(spec)
+    if ramp is None:
+        return main, 0
+    head = ramp_offsets(spec, ramp)
+    return np.concatenate([head, main + int(round(ramp.duration_s * _NS))]), len(head)
+
+
+def user_start_offsets(users: int, ramp_s: float | None) -> list[int]:
+    """Closed loop with a ramp: user k of ``users`` starts at k/users of the ramp (ns from t0), so the number of
+    users in the loop rises linearly; without a ramp they all start at t0."""
+    if not ramp_s or users <= 1:
+        return [0] * users
+    step = ramp_s * _NS / users
+    return [int(round(k * step)) for k in range(users)]

@@ -42,6 +42,8 @@ class RequestTimes:
     last_token_ns: int | None  # last token-bearing chunk, after issue
     end_ns: int | None  # end of the response, after issue
     output_tokens: int  # server count where given, else client count
+    first_reasoning_ns: int | None = None  # reasoning models: first chunk with reasoning tokens, after issue
+    first_answer_ns: int | None = None  # reasoning models: first chunk with answer tokens, after issue
 
     @property
     def lag_ns(self) -> int:
@@ -72,7 +74,9 @@ def request_times(record: RequestRecord) -> RequestTimes | None:
         first = offsets[0] * 1000
         last = offsets[-1] * 1000
     end = None if record.end_ns is None else record.end_ns - issued
-    return RequestTimes(record.scheduled_ns, issued, first, last, end, record.output_tokens)
+    fr, fa = record.first_reasoning_ns, record.first_answer_ns
+    return RequestTimes(record.scheduled_ns, issued, first, last, end, record.output_tokens,
+                        None if fr is None else fr - issued, None if fa is None else fa - issued)
 
 
 # -- per-request metric functions (over RequestTimes, ns) ------------------------------------------------------
@@ -86,6 +90,16 @@ def _ttft(t: RequestTimes) -> float | None:
 
 def _ttft_sched(t: RequestTimes) -> float | None:
     return None if t.first_token_ns is None else float(t.first_token_ns + t.lag_ns)
+
+
+def _ttfrt(t: RequestTimes) -> float | None:
+    return None if t.first_reasoning_ns is None else float(t.first_reasoning_ns)
+
+
+def _ttfat(t: RequestTimes) -> float | None:
+    if t.first_reasoning_ns is None or t.first_answer_ns is None:
+        return None
+    return float(t.first_answer_ns)
 
 
 def _e2e(t: RequestTimes) -> float | None:
@@ -152,6 +166,15 @@ TTFT_SCHED = RequestMetric(
     "ttft_from_scheduled", "ttft_from_scheduled_ms", "ms",
     "TTFT measured from the scheduled time instead of the issued time: includes client lag and queueing, "
     "so a saturated client cannot hide server queueing.", _ttft_sched)
+TTFRT = RequestMetric(
+    "ttfrt", "ttfrt_ms", "ms",
+    "reasoning models: time to first reasoning token (a reasoning_content delta) - issued time. Completed "
+    "requests whose stream carried reasoning; n/a for the others.", _ttfrt)
+TTFAT = RequestMetric(
+    "ttfat", "ttfat_ms", "ms",
+    "reasoning models: time to first answer token (the first content delta after the reasoning) - issued time; "
+    "TTFT stays the first token of either kind. Completed requests whose stream carried reasoning and an answer.",
+    _ttfat)
 E2E = RequestMetric(
     "e2e", "e2e_ms", "ms",
     "end-to-end latency: last token-bearing chunk (or the end of the response when no token came) - issued "
@@ -174,7 +197,7 @@ OUTPUT_TOKENS = RequestMetric(
     "num_output_tokens), else the tokens counted in the stream; never includes the prompt.", _output_tokens)
 
 REQUEST_METRICS: tuple[RequestMetric, ...] = (
-    SCHEDULE_LAG, TTFT, TTFT_SCHED, TPOT, ITL, E2E, E2E_SCHED, OUTPUT_TOKENS,
+    SCHEDULE_LAG, TTFT, TTFT_SCHED, TPOT, ITL, E2E, E2E_SCHED, OUTPUT_TOKENS, TTFRT, TTFAT,
 )
 LATENCY_METRICS: tuple[RequestMetric, ...] = tuple(m for m in REQUEST_METRICS if m.unit == "ms")
 REQUEST_METRICS_BY_NAME: dict[str, RequestMetric] = {m.name: m for m in REQUEST_METRICS}
@@ -219,6 +242,9 @@ LEVEL_METRICS: tuple[LevelMetric, ...] = (
     LevelMetric("error_rate", "", "fraction", "errors / (completed + errors) of the window"),
     LevelMetric("dropped_count", "", "count", "measured requests never issued (client late with --on-late drop)"),
     LevelMetric("cancelled_count", "", "count", "measured requests still in flight when the run stopped"),
+    LevelMetric("cancelled_by_client_count", "", "count",
+                "measured requests the client abandoned on purpose (--cancel-rate): neither completed nor errors"),
+    LevelMetric("cancelled_by_client_share", "", "fraction", "requests cancelled by the client / issued measured requests"),
     LevelMetric("late_count", "", "count", "measured requests issued more than late_threshold_ms after schedule"),
     LevelMetric("late_share", "", "fraction", "late requests / issued measured requests"),
     LevelMetric("short_output_count", "", "count", "completed requests that got fewer output tokens than asked"),
@@ -227,6 +253,10 @@ LEVEL_METRICS: tuple[LevelMetric, ...] = (
                 "completed requests whose server output-token count differs from the tokens counted in the stream"),
     LevelMetric("output_tokens_total", "tokens", "count", "output tokens of the completed measured requests"),
     LevelMetric("input_tokens_total", "tokens", "count", "input tokens of the completed measured requests"),
+    LevelMetric("reasoning_tokens_total", "tokens", "count",
+                "reasoning models: the reasoning (thinking) part of output_tokens_total (server count where given)"),
+    LevelMetric("answer_tokens_total", "tokens", "count",
+                "reasoning models: output_tokens_total - reasoning_tokens_total, the answer's tokens"),
 )
 LEVEL_METRICS_BY_KEY: dict[str, LevelMetric] = {m.key: m for m in LEVEL_METRICS}
 

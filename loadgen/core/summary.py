@@ -40,12 +40,14 @@ from loadgen.core.metrics import (
 from loadgen.core.records import (
     ERROR_KINDS,
     STATUS_CANCELLED,
+    STATUS_CANCELLED_BY_CLIENT,
     STATUS_DROPPED,
     STATUS_ERROR,
     STATUS_OK,
     RequestRecord,
 )
 from loadgen.core.slo import slo_mask
+from loadgen.core.turn_stats import TurnStats
 from loadgen.errors import UsageError
 
 SCHEMA = "slm-loadgen/summary/1"
@@ -141,8 +143,12 @@ class _Pass:
         self.max_tok = array("q")
         self.server_counts = 0
         self.out_mismatch = 0
+        self.ttfrt = array("d")  # reasoning models: NaN for a completed request without reasoning
+        self.ttfat = array("d")
+        self.reasoning_tokens = 0
         self.in_mismatch = 0
         self.itl = ItlAccumulator(exact_cap=ctx.itl_exact_cap)
+        self.turns = TurnStats()  # multi-turn sessions: figures by turn
 
     def add(self, r: RequestRecord) -> None:
         self.total += 1
@@ -158,13 +164,15 @@ class _Pass:
             self.excluded["cooldown"] += 1
             return
         self.measured += 1
+        if r.turn is not None:
+            self.turns.add(r)
         if self.first_measured_sched is None or sched < self.first_measured_sched:
             self.first_measured_sched = sched
         if self.last_measured_sched is None or sched > self.last_measured_sched:
             self.last_measured_sched = sched
         status = r.status
-        if status not in (STATUS_OK, STATUS_ERROR, STATUS_DROPPED, STATUS_CANCELLED):
-            raise UsageError(f"record {r.index}: unknown status {status!r}; expected ok, error, dropped or cancelled")
+        if status not in _STATUSES:
+            raise UsageError(f"record {r.index}: unknown status {status!r}; expected one of {', '.join(_STATUSES)}")
         self.status[status] += 1
         times = request_times(r)
         if times is None:
@@ -178,11 +186,17 @@ class _Pass:
         end = r.end_ns if r.end_ns is not None else r.last_token_ns
         if end is not None and (self.last_end is None or end > self.last_end):
             self.last_end = end
+        if status == STATUS_CANCELLED_BY_CLIENT:  # abandoned on purpose: counted, never in the latency figures
+            return
         if status == STATUS_ERROR:
             self.errors[r.error_kind or "unknown"] += 1
             return
         ttft, e2e, tpot = _ms_fns
         self.ttft.append(_nan(ttft(times)))
+        self.ttfrt.append(_nan(_ttfrt(times)))
+        self.ttfat.append(_nan(_ttfat(times)))
+        if r.reasoning_tokens:
+            self.reasoning_tokens += r.reasoning_tokens
         self.e2e.append(_nan(e2e(times)))
         self.tpot.append(_nan(tpot(times)))
         self.c_lag.append(lag)
@@ -198,8 +212,10 @@ class _Pass:
         self.itl.add(r)
 
 
+_STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_DROPPED, STATUS_CANCELLED, STATUS_CANCELLED_BY_CLIENT)
 _BY_NAME = {m.name: m for m in REQUEST_METRICS}
 _ms_fns = (_BY_NAME["ttft"].of_times, _BY_NAME["e2e"].of_times, _BY_NAME["tpot"].of_times)
+_ttfrt, _ttfat = _BY_NAME["ttfrt"].of_times, _BY_NAME["ttfat"].of_times
 
 
 def _nan(x: float | None) -> float:
@@ -224,9 +240,7 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
     for r in records:
         p.add(r)
     skipped = int(getattr(records, "skipped_lines", 0))
-    w0, w1 = _window(p, ctx)
-    window_ns = max(0, int(w1) - int(w0))
-    window_s = window_ns / 1e9 if window_ns > 0 else None
+    w0, w1 = measurement_window(ctx, p.first_measured_sched, p.last_measured_sched, p.last_end)
     ttft, e2e, tpot, c_lag = _arr(p.ttft), _arr(p.e2e), _arr(p.tpot), _arr(p.c_lag)
     out_tok, in_tok, max_tok = _arr(p.out_tok), _arr(p.in_tok), _arr(p.max_tok)
     itl_stats, itl_max = p.itl.finish()
@@ -241,14 +255,23 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
         "e2e_ms": distribution_stats(e2e, na=int(np.isnan(e2e).sum()), scale=to_ms),
         "e2e_from_scheduled_ms": distribution_stats(e2e + c_lag, na=int(np.isnan(e2e).sum()), scale=to_ms),
         OUTPUT_TOKENS.key: distribution_stats(out_tok.astype(np.float64)),
+        **_reasoning_dists(p, to_ms),
     }
-    goodput: dict[str, Any] = {"goodput_rps": None, "goodput_from_scheduled_rps": None, "goodput_ratio": None}
+    counts = _counts(p, ctx, out_tok, in_tok, max_tok, int(lag.size), w0, w1)
     if ctx.slo:
-        meets = slo_mask(ctx.slo, ttft, tpot, itl_max, e2e)
-        meets_sched = slo_mask(ctx.slo, ttft + c_lag, tpot, itl_max, e2e + c_lag)
-        goodput = {"goodput_rps": _rate(int(meets.sum()), window_s),
-                   "goodput_from_scheduled_rps": _rate(int(meets_sched.sum()), window_s),
-                   "goodput_ratio": _share(int(meets.sum()), int(out_tok.size))}
+        counts.good = int(slo_mask(ctx.slo, ttft, tpot, itl_max, e2e).sum())
+        counts.good_sched = int(slo_mask(ctx.slo, ttft + c_lag, tpot, itl_max, e2e + c_lag).sum())
+    return assemble_summary(ctx, w0, w1, counts, dists, records_total=p.total, records_skipped=skipped,
+                            sessions=p.turns.to_dict() if p.turns else None)
+
+
+def assemble_summary(ctx: LevelContext, w0: float, w1: float, counts: LevelCounts, dists: dict[str, dict],
+                     records_total: int, records_skipped: int = 0, sessions: dict | None = None) -> dict:
+    """The summary dict from its parts, with its verdict: ``summarize`` (one pass over the records) and Locust's
+    master (merged counters and histograms, ``loadgen.locust.report``) both build theirs here, so the two carry
+    the same keys, computed the same way."""
+    window_ns = max(0, int(w1) - int(w0))
+    window_s = window_ns / 1e9 if window_ns > 0 else None
     summary: dict[str, Any] = {
         "schema": SCHEMA, "name": ctx.name, "backend": ctx.backend, "url": ctx.url, "model": ctx.model,
         "mode": "open_loop" if ctx.is_open_loop else "closed_loop", "target_rate_rps": ctx.target_rate,
@@ -256,10 +279,12 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
         "on_late": ctx.on_late, "slo_s": dict(ctx.slo), "warmup_s": ctx.warmup_s,
         "warmup_requests": ctx.warmup_requests, "cooldown_s": ctx.cooldown_s,
         "window_start_s": round(w0 / 1e9, 9), "window_end_s": round(w1 / 1e9, 9), "window_s": window_s,
-        "records_total": p.total, "records_skipped": skipped,
-        **_counts(p, ctx, out_tok, in_tok, max_tok, int(lag.size), w0, w1, window_s), **goodput, **dists,
+        "records_total": records_total, "records_skipped": records_skipped,
+        **count_keys(counts, ctx, window_ns), **dists,
         "client": dict(ctx.client), "energy": None, "extra": dict(ctx.extra),
     }
+    if sessions:
+        summary["sessions"] = sessions
     warnings = validity_warnings(summary, ctx)
     summary["valid"] = not warnings
     summary["warnings"] = warnings
@@ -273,76 +298,142 @@ def summarize(records: Iterable[RequestRecord], ctx: LevelContext) -> dict:
     return summary
 
 
-def _window(p: _Pass, ctx: LevelContext) -> tuple[float, float]:
-    """The measurement window [w0, w1] in ns from t0 (docs/SUMMARY_SCHEMA.md, "Measurement window")."""
-    w0 = p.warm_ns
-    if ctx.warmup_requests > 0 and p.first_measured_sched is not None:
-        w0 = max(w0, p.first_measured_sched)
+def _reasoning_dists(p: _Pass, to_ms: float) -> dict[str, dict]:
+    """TTFRT and TTFAT (reasoning models): over the completed requests whose stream carried reasoning; the
+    others are their ``na``."""
+    out = {}
+    for key, values in (("ttfrt_ms", p.ttfrt), ("ttfat_ms", p.ttfat)):
+        a = _arr(values)
+        out[key] = distribution_stats(a, na=int(np.isnan(a).sum()), scale=to_ms)
+    return out
+
+
+def measurement_window(ctx: LevelContext, first_measured_sched: int | None, last_measured_sched: int | None,
+                       last_end: int | None) -> tuple[float, float]:
+    """The measurement window [w0, w1] in ns from t0 (docs/SUMMARY_SCHEMA.md, "Measurement window"), from the
+    first and last scheduled times of the measured requests and the last end of a measured finished one."""
+    w0 = int(ctx.warmup_s * 1e9)
+    if ctx.warmup_requests > 0 and first_measured_sched is not None:
+        w0 = max(w0, first_measured_sched)
     if ctx.is_open_loop:
         if ctx.run_end_ns is not None:
-            w1 = p.sched_end
+            w1 = ctx.run_end_ns - int(ctx.cooldown_s * 1e9)
         else:
-            w1 = p.last_measured_sched if p.last_measured_sched is not None else w0
+            w1 = last_measured_sched if last_measured_sched is not None else w0
     else:
-        w1 = p.last_end if p.last_end is not None else (ctx.run_end_ns if ctx.run_end_ns is not None else w0)
+        w1 = last_end if last_end is not None else (ctx.run_end_ns if ctx.run_end_ns is not None else w0)
     return w0, w1
 
 
-def _counts(p: _Pass, ctx: LevelContext, out_tok: np.ndarray, in_tok: np.ndarray, max_tok: np.ndarray,
-            issued_measured: int, w0: float, w1: float, window_s: float | None) -> dict[str, Any]:
-    """Counts, shares and rates of the measured requests: every request is in exactly one state."""
-    completed = int(out_tok.size)
-    n_errors = sum(p.errors.values())
-    finished = completed + n_errors
-    short = int(((max_tok > 0) & (out_tok < max_tok)).sum())
-    errors_by_kind = {k: p.errors.get(k, 0) for k in ERROR_KINDS}
-    errors_by_kind.update({k: v for k, v in p.errors.items() if k not in errors_by_kind})
-    errors_by_kind[SHORT_OUTPUT] = short
-    issued_all, end_all = _arr(p.all_issued), _arr(p.all_end)
-    in_window = int(((issued_all >= w0) & (issued_all <= w1)).sum())
-    window_ns = w1 - w0
-    mean_running = None
-    if window_ns > 0:
-        ends = np.where(end_all < 0, w1, end_all)
-        overlap = np.clip(np.minimum(ends, w1) - np.maximum(issued_all, w0), 0, None)
-        mean_running = round(float(overlap.sum()) / window_ns, 6)
-    achieved = _rate(in_window, window_s)
+@dataclass
+class LevelCounts:
+    """The plain numbers behind a summary's counts, shares and rates (of the measured requests unless said).
+
+    Filled by ``summarize``'s pass over the records, or by Locust's master from the counters its workers merged;
+    ``count_keys`` turns either into the same summary keys."""
+
+    measured: int = 0
+    issued: int = 0  # measured requests that were issued
+    completed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # by kind
+    dropped: int = 0
+    cancelled: int = 0
+    cancelled_by_client: int = 0
+    late: int = 0
+    short: int = 0  # completed requests with fewer output tokens than asked
+    output_tokens: int = 0  # of the completed requests (likewise the next four)
+    input_tokens: int = 0
+    requested_tokens: int = 0
+    reasoning_tokens: int = 0
+    server_counts: int = 0
+    out_mismatch: int = 0
+    in_mismatch: int = 0
+    excluded_warmup: int = 0
+    excluded_cooldown: int = 0
+    issued_in_window: int = 0  # every issued request (any window, any state) issued inside [w0, w1]
+    scheduled_in_window: int | None = None  # open loop: scheduled times inside [w0, w1]; None: closed loop
+    running_ns: float | None = None  # request-time in flight inside the window; None: no window
+    good: int | None = None  # completed requests meeting every --slo threshold; None: no SLO
+    good_sched: int | None = None  # the same, TTFT and E2E from the scheduled time
+
+
+def count_keys(c: LevelCounts, ctx: LevelContext, window_ns: float) -> dict[str, Any]:
+    """Counts, shares and rates of the measured requests (every request is in exactly one state), then goodput."""
+    window_s = window_ns / 1e9 if window_ns > 0 else None
+    n_errors = sum(c.errors.values())
+    finished = c.completed + n_errors
+    errors_by_kind = {k: c.errors.get(k, 0) for k in ERROR_KINDS}
+    errors_by_kind.update({k: v for k, v in c.errors.items() if k not in errors_by_kind})
+    errors_by_kind[SHORT_OUTPUT] = c.short
+    achieved = _rate(c.issued_in_window, window_s)
     # The client is judged against the schedule it was given: a seeded Poisson schedule's realised rate differs
     # from the nominal --rate by sampling noise (about 1/sqrt(N)), which is not the client's doing.
-    sched_all = _arr(p.all_sched)
-    scheduled = _rate(int(((sched_all >= w0) & (sched_all <= w1)).sum()), window_s) if ctx.is_open_loop else None
+    scheduled = _rate(c.scheduled_in_window, window_s) if c.scheduled_in_window is not None else None
+    mean_running = None
+    if window_ns > 0 and c.running_ns is not None:
+        mean_running = round(float(c.running_ns) / window_ns, 6)
     return {
         "scheduled_rate_rps": scheduled,
-        "excluded_warmup": p.excluded["warmup"],
-        "excluded_cooldown": p.excluded["cooldown"],
-        "measured_requests": p.measured,
-        "issued_requests": issued_measured,
-        "completed_requests": completed,
+        "excluded_warmup": c.excluded_warmup,
+        "excluded_cooldown": c.excluded_cooldown,
+        "measured_requests": c.measured,
+        "issued_requests": c.issued,
+        "completed_requests": c.completed,
         "error_count": n_errors,
         "error_rate": _share(n_errors, finished),
         "errors_by_kind": errors_by_kind,
         "error_rate_by_kind": {k: _share(v, finished) for k, v in errors_by_kind.items()},
-        "dropped_count": p.status[STATUS_DROPPED],
-        "cancelled_count": p.status[STATUS_CANCELLED],
-        "late_count": p.late,
-        "late_share": _share(p.late, issued_measured),
+        "dropped_count": c.dropped,
+        "cancelled_count": c.cancelled,
+        "cancelled_by_client_count": c.cancelled_by_client,
+        "cancelled_by_client_share": _share(c.cancelled_by_client, c.issued),
+        "late_count": c.late,
+        "late_share": _share(c.late, c.issued),
         "late_threshold_ms": ctx.late_threshold_ms,
-        "short_output_count": short,
-        "short_output_share": _share(short, completed),
-        "output_tokens_total": int(out_tok.sum()),
-        "input_tokens_total": int(in_tok.sum()),
-        "requested_tokens_total": int(max_tok.sum()),
-        "server_token_counts": p.server_counts,
-        "token_count_mismatches": p.out_mismatch,
-        "input_token_mismatches": p.in_mismatch,
+        "short_output_count": c.short,
+        "short_output_share": _share(c.short, c.completed),
+        "output_tokens_total": c.output_tokens,
+        "input_tokens_total": c.input_tokens,
+        "reasoning_tokens_total": c.reasoning_tokens,
+        "answer_tokens_total": c.output_tokens - c.reasoning_tokens,
+        "requested_tokens_total": c.requested_tokens,
+        "server_token_counts": c.server_counts,
+        "token_count_mismatches": c.out_mismatch,
+        "input_token_mismatches": c.in_mismatch,
         "achieved_rate_rps": achieved,
         "achieved_ratio": None if (achieved is None or not scheduled) else round(achieved / scheduled, 6),
-        "request_throughput_rps": _rate(completed, window_s),
-        "output_token_throughput_tps": _rate(int(out_tok.sum()), window_s),
-        "input_token_throughput_tps": _rate(int(in_tok.sum()), window_s),
-        "total_token_throughput_tps": _rate(int(out_tok.sum() + in_tok.sum()), window_s),
+        "request_throughput_rps": _rate(c.completed, window_s),
+        "output_token_throughput_tps": _rate(c.output_tokens, window_s),
+        "input_token_throughput_tps": _rate(c.input_tokens, window_s),
+        "total_token_throughput_tps": _rate(c.output_tokens + c.input_tokens, window_s),
         "mean_running_requests": mean_running,
+        "goodput_rps": None if not ctx.slo or c.good is None else _rate(c.good, window_s),
+        "goodput_from_scheduled_rps": None if not ctx.slo or c.good_sched is None else _rate(c.good_sched, window_s),
+        "goodput_ratio": None if not ctx.slo or c.good is None else _share(c.good, c.completed),
     }
+
+
+def _counts(p: _Pass, ctx: LevelContext, out_tok: np.ndarray, in_tok: np.ndarray, max_tok: np.ndarray,
+            issued_measured: int, w0: float, w1: float) -> LevelCounts:
+    """The pass's numbers for ``count_keys``."""
+    issued_all, end_all = _arr(p.all_issued), _arr(p.all_end)
+    window_ns = w1 - w0
+    running_ns = None
+    if window_ns > 0:
+        ends = np.where(end_all < 0, w1, end_all)
+        running_ns = float(np.clip(np.minimum(ends, w1) - np.maximum(issued_all, w0), 0, None).sum())
+    sched_all = _arr(p.all_sched)
+    return LevelCounts(
+        measured=p.measured, issued=issued_measured, completed=int(out_tok.size), errors=dict(p.errors),
+        dropped=p.status[STATUS_DROPPED], cancelled=p.status[STATUS_CANCELLED],
+        cancelled_by_client=p.status[STATUS_CANCELLED_BY_CLIENT], late=p.late,
+        short=int(((max_tok > 0) & (out_tok < max_tok)).sum()), output_tokens=int(out_tok.sum()),
+        input_tokens=int(in_tok.sum()), requested_tokens=int(max_tok.sum()), reasoning_tokens=p.reasoning_tokens,
+        server_counts=p.server_counts, out_mismatch=p.out_mismatch, in_mismatch=p.in_mismatch,
+        excluded_warmup=p.excluded["warmup"], excluded_cooldown=p.excluded["cooldown"],
+        issued_in_window=int(((issued_all >= w0) & (issued_all <= w1)).sum()),
+        scheduled_in_window=int(((sched_all >= w0) & (sched_all <= w1)).sum()) if ctx.is_open_loop else None,
+        running_ns=running_ns)
 
 
 def validity_warnings(summary: dict, ctx: LevelContext) -> list[str]:
@@ -351,6 +442,8 @@ def validity_warnings(summary: dict, ctx: LevelContext) -> list[str]:
     client = ctx.client
     if client.get("interrupted"):
         out.append("interrupted before the schedule was done: the level is incomplete")
+    if client.get("stopped_early"):
+        out.append(f"stopped early: {client['stopped_early']}")
     if client.get("server_gone"):
         out.append(f"the server stopped answering mid-run ({client['server_gone']})")
     if client.get("results_error"):

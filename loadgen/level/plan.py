@@ -23,6 +23,9 @@ from loadgen.scenario.model import Scenario
 SHAREGPT_POOL = 4096  # lengths drawn for an open or closed loop with --lengths sharegpt (cycled past that)
 
 
+MAX_COUNTED_SESSIONS = 200_000  # past this, a progress bar counts without a total rather than wait to add them up
+
+
 @dataclass
 class LevelPlan:
     """What a driver sends: ``offsets`` (sorted int64 ns from t0; None for a closed loop) and ``source``
@@ -35,9 +38,18 @@ class LevelPlan:
     extra: dict[str, Any] = field(default_factory=dict)  # LevelContext.extra
     describe: list[str] = field(default_factory=list)  # lines for the console and report.txt
     replay: bool = False  # a trace replay or synthetic model: open loop whatever target_rate says
+    sessions: Any = None  # multi-turn sessions (loadgen.core.sessions.SessionSetup): offsets are session starts
 
     @property
     def total(self) -> int | None:
+        """Requests the plan will send, when known (a progress bar's total): the schedule's length, or with
+        sessions the turns of the sessions planned (counted from the seeded source; None when the sessions are
+        bounded by time only)."""
+        if self.sessions is not None:
+            n = len(self.offsets) if self.offsets is not None else self.sessions.max_sessions
+            if n is None or n > MAX_COUNTED_SESSIONS:
+                return None
+            return sum(len(self.sessions.source.session(sid).turns) for sid in range(n))
         return len(self.offsets) if self.offsets is not None else None
 
 
@@ -100,17 +112,23 @@ def sharegpt_source(sc: Scenario, n: int, prebuild: int = 0) -> LengthsSource:
 def plan_level(sc: Scenario, *, offline: bool = False) -> LevelPlan:
     """The level's schedule and source. ``offline``: every request at t=0 (the study's offline benchmark: a
     closed loop of N users with one request each), prompts built up front."""
+    if sc.sessions:
+        from loadgen.level.session_plan import plan_sessions
+
+        return LevelPlan(**plan_sessions(sc, arrival_spec))
     if sc.replaying or sc.synthetic:
         from loadgen.traces.replay import synthetic_workload, trace_workload
 
         w = trace_workload(sc) if sc.replaying else synthetic_workload(sc)
-        return LevelPlan(w.offsets, w.source, w.target_rate, w.arrival, dict(w.extra), list(w.describe), True)
+        return with_cancellation(LevelPlan(w.offsets, w.source, w.target_rate, w.arrival, dict(w.extra),
+                                           list(w.describe), True), sc)
     spec = arrival_spec(sc).validate()
     offsets = None
+    ramp_requests = 0
     if spec.is_open_loop:
-        from loadgen.core.arrivals import build_offsets
+        from loadgen.core.arrivals import build_offsets_with_ramp
 
-        offsets = build_offsets(spec)
+        offsets, ramp_requests = build_offsets_with_ramp(spec, ramp_of(sc))
         if len(offsets) == 0:
             raise UsageError("the schedule is empty: --duration is too short for --rate (no arrival fell inside it)")
     if sc.workload.lengths == "sharegpt":
@@ -118,7 +136,50 @@ def plan_level(sc: Scenario, *, offline: bool = False) -> LevelPlan:
         source: Any = sharegpt_source(sc, n, prebuild=n if offline else 0)
     else:
         source = request_source(sc)
-    return LevelPlan(offsets, source, sc.load.rate, asdict(spec))
+    plan = LevelPlan(offsets, source, sc.load.rate, asdict(spec))
+    add_ramp(plan, sc, ramp_requests)
+    return with_cancellation(plan, sc)
+
+
+def ramp_of(sc: Scenario) -> Any:
+    """The open loop's rate ramp (``--ramp``), or None."""
+    from loadgen.core.arrivals import Ramp
+
+    if not sc.load.ramp or sc.closed_loop:
+        return None
+    return Ramp(float(sc.load.ramp), float(sc.load.ramp_start_rate or 0.0))
+
+
+def add_ramp(plan: LevelPlan, sc: Scenario, ramp_requests: int) -> None:
+    """State the ramp (``--ramp``) in the plan: its requests come first and are excluded like warm-up
+    (``Scenario.warmup_s`` includes the ramp)."""
+    if not sc.load.ramp:
+        return
+    ramp = {"ramp_s": sc.load.ramp}
+    if sc.closed_loop:
+        ramp["users"] = sc.load.concurrency
+        plan.describe.append(f"ramp: {sc.load.concurrency} users start one by one over {sc.load.ramp:g} s, "
+                             "excluded from the measured window")
+    else:
+        start = float(sc.load.ramp_start_rate or 0.0)
+        ramp.update(start_rate_rps=start, requests=ramp_requests)
+        plan.describe.append(f"ramp: {start:g} -> {sc.load.rate:g} req/s over {sc.load.ramp:g} s "
+                             f"({ramp_requests} requests), excluded from the measured window")
+    plan.extra["ramp"] = ramp
+
+
+def with_cancellation(plan: LevelPlan, sc: Scenario) -> LevelPlan:
+    """Client cancellation (``--cancel-rate``/``--cancel-after``): each spec carries its planned delay, decided
+    from the seed and its index (``loadgen.core.cancel``), so that every driver only honours it."""
+    from loadgen.core.cancel import CancellingSource, check_cancel
+
+    cancel = check_cancel(sc.load.cancel_rate, sc.load.cancel_after, sc.load.seed)
+    if cancel is None:
+        return plan
+    plan.source = CancellingSource(plan.source, cancel)
+    plan.extra["cancel"] = cancel.to_dict()
+    plan.describe.append(cancel.describe())
+    return plan
 
 
 def level_context(sc: Scenario, plan: LevelPlan, url: str, name: str) -> Any:

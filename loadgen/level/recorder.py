@@ -42,7 +42,7 @@ class Recorder:
             return
         # Serialise now (a few µs, spread over the run) rather than all at once in flush, which would block the
         # event loop for milliseconds every flush at high rates and show up as schedule lag.
-        self._buf.append(orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE))
+        self._buf.append(orjson.dumps(rec.to_dict(), option=orjson.OPT_APPEND_NEWLINE))  # None fields left out
         if len(self._buf) >= self.max_buffer:
             self.flush()
 

@@ -47,6 +47,13 @@ def render(runs: list[RunData], title: str | None = None) -> str:
             notes.append(f"{heading}: nothing to draw (no records, or no completed request)")
             continue
         sections.append((heading, image(figures.data_uri(fig), alt, caption)))
+    from loadgen.report_html.turns import turns_figure, turns_section
+
+    by_turn = turns_section(runs)  # multi-turn levels only
+    if by_turn is not None:
+        fig = turns_figure(runs)
+        plot = image(figures.data_uri(fig), "by turn", "TTFT p50 and prompt length by turn.") if fig else ""
+        sections.append(("By turn", by_turn + plot))
     return page(title, runs, sections, notes)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loadgen import __version__
+from loadgen.report import has_client_cancels, has_reasoning, workload_notes
 from loadgen.report_html.data import RunData
 
 CSS = """
@@ -115,9 +116,37 @@ ENERGY_ROWS: list[tuple[str, str, Callable[[dict], str]] | str] = [
 ]
 
 
+CANCEL_ROWS: list[tuple[str, str, Callable[[dict], str]] | str] = [
+    ("cancelled by the client (--cancel-rate)", "requests", _get("cancelled_by_client_count")),
+    ("cancelled by the client, share of issued", "%", _get("cancelled_by_client_share", 100.0)),
+]
+REASONING_ROWS: list[tuple[str, str, Callable[[dict], str]] | str] = [
+    "Reasoning model (completed requests): p50 / p90 / p99",
+    ("TTFRT (first reasoning token)", "ms", _pcts("ttfrt_ms")),
+    ("TTFAT (first answer token)", "ms", _pcts("ttfat_ms")),
+    ("reasoning tokens", "tokens", _get("reasoning_tokens_total")),
+    ("answer tokens", "tokens", _get("answer_tokens_total")),
+]
+
+
+def _rows(runs: list[RunData]) -> list[tuple[str, str, Callable[[dict], str]] | str]:
+    """The table's rows: the client's cancellations beside the other request states (after the errors, never in
+    them) when a run planned or counted any, the reasoning rows when a run's streams carried reasoning, energy
+    when measured."""
+    summaries = [r.summary for r in runs]
+    rows = list(ROWS)
+    if has_client_cancels(summaries):
+        at = next(i for i, row in enumerate(rows) if isinstance(row, tuple) and row[0] == "short outputs")
+        rows[at:at] = CANCEL_ROWS
+    if has_reasoning(summaries):
+        rows += REASONING_ROWS
+    if any((s.get("energy") or {}).get("energy_j") is not None for s in summaries):
+        rows += ENERGY_ROWS
+    return rows
+
+
 def summary_table(runs: list[RunData]) -> str:
-    rows = ROWS + (ENERGY_ROWS if any((r.summary.get("energy") or {}).get("energy_j") is not None for r in runs)
-                   else [])
+    rows = _rows(runs)
     head = "".join(f"<th>{_esc(r.label)}</th>" for r in runs)
     out = [f"<table><thead><tr><th>metric</th><th>unit</th>{head}</tr></thead><tbody>"]
     for row in rows:
@@ -175,6 +204,8 @@ def page(title: str, runs: list[RunData], sections: list[tuple[str, str]], notes
     """The whole document: ``sections`` are (heading, HTML body) in order."""
     meta = "".join(f"<p class='meta'>{(_esc(r.label) + ': ') if len(runs) > 1 else ''}{describe(r)}</p>"
                    for r in runs)
+    meta += "".join(f"<p class='meta'>{_esc(what)}{' of ' + _esc(r.label) if len(runs) > 1 else ''}: "
+                    f"{_esc(line)}</p>" for r in runs for what, line in workload_notes(r.summary))
     body = [f"<h1>{_esc(title)}</h1>", meta, verdict(runs), "<h2>Summary</h2>", summary_table(runs)]
     if notes:
         body.append("<ul class='notes'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")

@@ -67,6 +67,7 @@ class AsyncHttpBackend(BackendState):
 
     async def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         codec = self.codec
+        rec.cancel_after_s = spec.cancel_after_s  # --cancel-rate: the transport abandons it then
         await self.transport.stream(codec.path, codec.body(spec), rec, codec.parser(spec), t0)
 
 
@@ -103,6 +104,7 @@ class AsyncGrpcBackend(BackendState):
 
     async def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         assert self.codec is not None, "probe() first"
+        rec.cancel_after_s = spec.cancel_after_s  # --cancel-rate: the transport abandons it then
         await self.transport.stream(self.model, self.codec.encode(spec), rec, self.codec.parser(spec), t0)
 
 

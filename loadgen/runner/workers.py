@@ -434,7 +434,7 @@ async def run_workers_async(run: LevelRun) -> Driven:
 
 async def _show_until_done(pool: WorkerPool, run: LevelRun) -> None:
     sc, plan = run.scenario, run.plan
-    if plan.offsets is not None:
+    if plan.offsets is not None or plan.sessions is not None:
         total = plan.total
     elif all(isinstance(w.ready, int) for w in pool.workers):
         total = sum(int(w.ready) for w in pool.workers)

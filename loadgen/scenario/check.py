@@ -67,7 +67,10 @@ def resolve(sc: Scenario, *, check_paths: bool = True, level: bool = True) -> Sc
     _check_choices(sc)
     if level:
         _check_load(sc)
+        _check_ramp(sc)
+    _check_cancel(sc)
     _check_trace(sc)
+    _check_sessions(sc)
     _check_target(sc, level)
     _check_texts(sc)
     _check_limits(sc)
@@ -125,6 +128,36 @@ def _check_load(sc: Scenario) -> None:
         from loadgen.level.plan import arrival_spec
 
         arrival_spec(sc).validate()
+
+
+def _check_ramp(sc: Scenario) -> None:
+    """``--ramp`` and ``--ramp-start-rate``: a ramp needs the built-in arrivals (a trace or a synthetic model has
+    its own shape in time), a start rate needs an open loop with a ramp."""
+    ld = sc.load
+    if ld.ramp is None:
+        if ld.ramp_start_rate is not None:
+            raise UsageError("--ramp-start-rate applies with --ramp (e.g. --ramp 30s --ramp-start-rate 1)")
+        return
+    if not (math.isfinite(ld.ramp) and ld.ramp > 0):
+        raise UsageError(f"--ramp {ld.ramp:g}: must be a positive duration (e.g. 30s)")
+    if sc.replaying or sc.synthetic:
+        raise UsageError("--ramp applies to --rate or --concurrency loads; a trace or a synthetic arrival model "
+                         "already sets the load over time (drop --ramp)")
+    if getattr(sc, "sessions", False):
+        raise UsageError("--ramp does not apply to multi-turn sessions yet; use --warmup to leave out their start")
+    if ld.ramp_start_rate is not None:
+        if sc.closed_loop:
+            raise UsageError("--ramp-start-rate applies to open loops (--rate); a closed loop ramps its users")
+        if not (math.isfinite(ld.ramp_start_rate) and ld.ramp_start_rate >= 0):
+            raise UsageError(f"--ramp-start-rate {ld.ramp_start_rate:g}: must be a non-negative rate (req/s)")
+
+
+def _check_cancel(sc: Scenario) -> None:
+    from loadgen.core.cancel import check_cancel
+
+    if check_cancel(sc.load.cancel_rate, sc.load.cancel_after, sc.load.seed) and getattr(sc, "sessions", False):
+        raise UsageError("--cancel-rate does not apply to multi-turn sessions yet (a turn's answer feeds the next "
+                         "turn); drop it or run single requests")
 
 
 def _check_trace(sc: Scenario) -> None:
@@ -200,7 +233,9 @@ def _check_server(sc: Scenario) -> None:
         raise UsageError(f"--server-max-batch {s.max_batch}: must be at least 1")
     try:
         EmulatedModelSpec(model_name=sc.target.model or "ensemble", profile=s.model, gpu=s.gpu,
-                          max_batch=s.max_batch, replicas=s.replicas, speed=s.speed).validate()
+                          max_batch=s.max_batch, replicas=s.replicas, speed=s.speed, mps=s.mps == "on",
+                          spread=s.spread, replica_memory=s.replica_memory, prefix_cache=s.prefix_cache == "on",
+                          kv_block_tokens=s.kv_block_tokens).validate()
     except UsageError as err:
         text = str(err).replace("--replicas", "--server-replicas").replace("--speed", "--server-speed")
         raise UsageError(text) from None
@@ -286,3 +321,53 @@ def _check_files(sc: Scenario) -> None:
                 f.read(1)
         except OSError as err:
             raise UsageError(f"{flag} {path}: cannot read ({err.strerror or err}); check the path") from None
+
+
+def _check_sessions(sc: Scenario) -> None:
+    """``[session]``: one source of sessions, the settings it needs, and what does not apply to sessions."""
+    se, default = sc.session, type(sc.session)()
+    if not sc.sessions:
+        changed = [n for n in type(se).model_fields if getattr(se, n) != getattr(default, n)]
+        if changed:
+            raise UsageError(f"{flag_of('session', changed[0])} applies to multi-turn sessions; add "
+                             "--session-turns N, --session-conversations sharegpt:PATH or --session-key COL")
+        return
+    given = [f for f, v in (("--session-turns", se.turns), ("--session-conversations", se.conversations),
+                            ("--session-key", se.key)) if v]
+    if len(given) > 1:
+        raise UsageError(f"{given[0]} and {given[1]}: choose one source of sessions")
+    if se.key and not sc.replaying:
+        raise UsageError("--session-key groups the rows of a trace into sessions; add --trace FILE")
+    if sc.replaying and not se.key:
+        raise UsageError(f"{given[0]} with --trace: give --session-key COL (or hash_ids) to take the sessions "
+                         "from the trace, or drop --trace")
+    if se.turn_column and not se.key:
+        raise UsageError("--session-turn-column applies with --session-key COL")
+    if sc.load.on_late != "issue":
+        raise UsageError("--on-late drop does not apply to sessions: a session's turns wait for its answers, so "
+                         "every turn is sent (lateness is still counted)")
+    if sc.workload.lengths:
+        raise UsageError("--lengths does not apply to sessions; use --session-user-tokens/--session-answer-tokens")
+    if sc.synthetic:
+        raise UsageError(f"--arrival {sc.load.arrival}: sessions start by poisson, gamma or constant arrivals, a "
+                         "trace (--session-key), or --concurrency users")
+    from loadgen.core.sessions import parse_think
+    from loadgen.core.sizes import parse_size
+
+    if se.turns:
+        parse_size(se.turns, "--session-turns")
+    parse_size(se.user_tokens, "--session-user-tokens")
+    parse_size(se.answer_tokens, "--session-answer-tokens")
+    parse_think(se.think_time)
+    if se.system_tokens < 0:
+        raise UsageError(f"--session-system-tokens {se.system_tokens}: must not be negative")
+    if not 0.0 <= se.system_share <= 1.0:
+        raise UsageError(f"--session-system-share {se.system_share:g}: must be between 0 and 1")
+    if se.max_history < 0:
+        raise UsageError(f"--session-max-history {se.max_history}: must not be negative (0 = no cap)")
+    if se.conversations:
+        from loadgen.traces.conversations import conversation_path
+
+        if not os.path.isfile(conversation_path(se.conversations)):
+            raise UsageError(f"--session-conversations {se.conversations!r}: no such file; give sharegpt:PATH of "
+                             "a ShareGPT-format JSON file")

@@ -40,7 +40,15 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _on_off(value: Any) -> Any:
+    """A switch written as on/off in flags and files; true/false in a file mean the same."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value).strip().lower() if isinstance(value, str) else value
+
+
 Seconds = Annotated[float, BeforeValidator(_seconds)]
+OnOff = Annotated[str, BeforeValidator(_on_off)]
 OptSeconds = Annotated[float | None, BeforeValidator(_seconds)]
 Text = Annotated[str, BeforeValidator(_text)]
 
@@ -109,6 +117,15 @@ class Load(Section):
     late_tolerance: Seconds = opt(0.01, "--late-tolerance", "lateness that counts as late (default 10ms)", ui=True)
     workers: int = opt(1, "--workers", "worker processes sharing the one schedule (each sends every Nth request), "
                        "for rates past one core (~2,000 streamed req/s); default 1")
+    ramp: OptSeconds = opt(None, "--ramp", "a linear ramp before the measured window (e.g. 30s): the rate rises "
+                           "from --ramp-start-rate to --rate (open loop), or the users start one by one over it "
+                           "(closed loop); its requests are recorded and excluded like warm-up")
+    ramp_start_rate: float | None = opt(None, "--ramp-start-rate", "open loop with --ramp: the rate the ramp "
+                                        "starts from, req/s (default 0)")
+    cancel_rate: float | None = opt(None, "--cancel-rate", "share of requests the client abandons mid-flight "
+                                    "(0..1, seeded per request; needs --cancel-after)")
+    cancel_after: str | None = opt(None, "--cancel-after", "when an abandoned request is dropped, from its issue "
+                                   "time: 2s, uniform:500ms,3s or exp:2s", metavar="DIST")
 
 
 class Workload(Section):
@@ -155,6 +172,32 @@ class Trace(Section):
                               "synthesised prompts", metavar="sharegpt:PATH")
     output_tokens: str | None = opt(None, "--trace-output-tokens", "ask for output lengths from this distribution "
                                     "(N, uniform:A,B, ...) instead of the trace's", metavar="SIZE")
+
+
+class Sessions(Section):
+    """Multi-turn sessions (``loadgen.core.sessions``): each user's turns resend the conversation so far."""
+
+    turns: Text | None = opt(None, "--session-turns", "multi-turn sessions: turns per session (N, uniform:A,B, "
+                             "...); --rate/--requests/--concurrency then count sessions", ui=True)
+    conversations: str | None = opt(None, "--session-conversations", "multi-turn sessions replaying the "
+                                    "conversations of a ShareGPT-format file", metavar="sharegpt:PATH")
+    key: str | None = opt(None, "--session-key", "with --trace: rows with the same value of this column form one "
+                          "session, in time order; 'hash_ids': Mooncake chains that extend turn by turn",
+                          metavar="COL|hash_ids")
+    turn_column: str | None = opt(None, "--session-turn-column", "with --session-key: the column numbering the "
+                                  "turns (checked to rise with time)", metavar="COL")
+    user_tokens: Text = opt("64", "--session-user-tokens", "synthetic sessions: tokens of each new user message "
+                            "(same forms as --input-tokens; default 64)", ui=True)
+    answer_tokens: Text = opt("64", "--session-answer-tokens", "synthetic sessions: answer tokens asked for each "
+                              "turn (default 64)", ui=True)
+    think_time: str = opt("0", "--session-think-time", "pause between an answer and the next turn: 2s, exp:2s or "
+                          "uniform:1s,3s (default 0)", metavar="DIST", ui=True)
+    system_tokens: int = opt(0, "--session-system-tokens", "synthetic sessions: a system prompt of this many "
+                             "tokens starts each session (default 0: none)", ui=True)
+    system_share: float = opt(1.0, "--session-system-share", "share of sessions whose system prompt is the same "
+                              "text (the rest get their own; default 1)")
+    max_history: int = opt(1536, "--session-max-history", "cap on a turn's prompt in tokens: past it the oldest "
+                           "user/answer pairs are dropped (the system prompt stays; default 1536, 0 = no cap)")
 
 
 class Limits(Section):
@@ -206,10 +249,25 @@ class Server(Section):
     replicas: int = opt(1, "--server-replicas", "engine replicas on the emulated GPU (default 1)")
     speed: float = opt(1.0, "--server-speed", "emulated GPU speed relative to real time (<1 is slower, for small "
                        "machines; default 1)")
+    mps: OnOff = opt("on", "--mps", "replicas share the emulated GPU under NVIDIA MPS (on, default) or by time "
+                     "slicing (off)", choices=("on", "off"))
+    spread: str = opt("even", "--server-spread", "requests over replicas: even (round robin, as the study's load "
+                      "balancer; default) or triton (Triton's own instance scheduling)", choices=("even", "triton"))
+    replica_memory: float | None = opt(None, "--server-replica-memory", "share of the GPU memory budget each "
+                                       "replica gets (default 1/replicas)", metavar="SHARE")
+    prefix_cache: OnOff = opt("off", "--server-prefix-cache", "automatic prefix caching: KV blocks of earlier "
+                              "prompts (and answers) are reused, cached tokens skip prefill (on, as vLLM v1 and "
+                              "SGLang; off, default, as the study's vLLM 0.5: levels that resend the same seeded "
+                              "prompts stay independent); with a TensorRT-LLM repository it sets "
+                              "enable_kv_cache_reuse",
+                              choices=("on", "off"))
+    kv_block_tokens: int = opt(16, "--server-kv-block-tokens", "KV-cache block size in tokens, the prefix cache's "
+                               "unit of reuse (default 16)")
 
 
 SECTIONS: dict[str, type[Section]] = {
-    "target": Target, "load": Load, "workload": Workload, "trace": Trace, "limits": Limits, "results": Results,
+    "target": Target, "load": Load, "workload": Workload, "trace": Trace, "session": Sessions,
+    "limits": Limits, "results": Results,
     "power": Power, "server": Server,
 }
 SECTION_TITLES = {
@@ -217,6 +275,7 @@ SECTION_TITLES = {
     "load": "load",
     "workload": "workload",
     "trace": "trace replay (--trace FILE replaces --rate/--arrival)",
+    "session": "multi-turn sessions (each turn resends the conversation so far)",
     "limits": "limits",
     "results": "results",
     "power": "power and energy (a side-car process samples power; J/token in the summary)",
@@ -233,6 +292,7 @@ class Scenario(BaseModel):
     load: Load = Field(default_factory=Load)
     workload: Workload = Field(default_factory=Workload)
     trace: Trace = Field(default_factory=Trace)
+    session: Sessions = Field(default_factory=Sessions)
     limits: Limits = Field(default_factory=Limits)
     results: Results = Field(default_factory=Results)
     power: Power = Field(default_factory=Power)
@@ -250,6 +310,12 @@ class Scenario(BaseModel):
         return is_synthetic(self.load.arrival)
 
     @property
+    def sessions(self) -> bool:
+        """Multi-turn sessions (``[session]``): the load counts sessions, each of several turns."""
+        s = self.session
+        return bool(s.turns or s.conversations or s.key)
+
+    @property
     def closed_loop(self) -> bool:
         return self.load.rate is None and not self.replaying and not self.synthetic
 
@@ -260,8 +326,9 @@ class Scenario(BaseModel):
 
     @property
     def warmup_s(self) -> float:
+        """Seconds excluded at the start of the schedule: the ramp (``--ramp``), then the warm-up in seconds."""
         w = self.load.warmup.strip()
-        return 0.0 if w.isdigit() else parse_seconds(w, "--warmup")
+        return (self.load.ramp or 0.0) + (0.0 if w.isdigit() else parse_seconds(w, "--warmup"))
 
     def default_name(self) -> str:
         import re

@@ -12,10 +12,26 @@ from loadgen.core.records import (
     ERR_EMPTY,
     ERR_PROTOCOL,
     ERR_STREAM,
+    STATUS_CANCELLED_BY_CLIENT,
     STATUS_ERROR,
     STATUS_OK,
     RequestRecord,
 )
+
+
+def wait_limit(timeout_s: float | None, cancel_after_s: float | None) -> tuple[float | None, bool]:
+    """How long a transport waits for a response after issuing it, and whether reaching that limit is the
+    client's planned cancellation (``RequestSpec.cancel_after_s``) rather than ``--request-timeout``."""
+    if cancel_after_s is not None and (not timeout_s or cancel_after_s < timeout_s):
+        return max(0.0, cancel_after_s), True
+    return (timeout_s or None), False
+
+
+def cancelled_by_client(rec: RequestRecord) -> None:
+    """The client abandoned the request on purpose (``--cancel-rate``) after closing its connection or stream:
+    whatever had arrived stays in the record (its chunks), but the outcome is neither a success nor an error."""
+    rec.status, rec.error_kind = STATUS_CANCELLED_BY_CLIENT, None
+    rec.error = f"abandoned by the client {rec.cancel_after_s:g} s after issue (--cancel-after)"
 
 
 def apply_totals(rec: RequestRecord, totals: StreamTotals, last_chunk_ns: int | None) -> None:
@@ -74,7 +90,29 @@ def finish_http_stream(rec: RequestRecord, parser: StreamParser, times: list[int
             offsets.append((t - issued_abs) // 1000)
             counts.append(n)
     last = times[-1] - t0 if times else None
-    apply_totals(rec, parser.finish(), last)
+    totals = parser.finish()
+    apply_totals(rec, totals, last)
+    reasoning = totals.extra.get("reasoning")
+    if reasoning is not None:
+        apply_reasoning(rec, reasoning)
+
+
+def apply_reasoning(rec: RequestRecord, reasoning: dict) -> None:
+    """A reasoning model's stream (``OpenAIStreamParser``): the arrival of the chunk that carried the first
+    reasoning token and of the one that carried the first answer token (the parser gives their ordinals among the
+    output tokens, which the record's ``chunk_tokens`` place in a chunk), run-relative like every record time."""
+    if rec.issued_ns is not None:
+        for key, attr in (("first_reasoning_token", "first_reasoning_ns"), ("first_answer_token", "first_answer_ns")):
+            ordinal = reasoning.get(key)
+            if ordinal is None:
+                continue
+            seen = 0
+            for off, k in zip(rec.chunk_offsets_us, rec.chunk_tokens, strict=True):
+                seen += k
+                if ordinal < seen:
+                    setattr(rec, attr, rec.issued_ns + off * 1000)
+                    break
+    rec.reasoning_tokens = reasoning.get("reasoning_tokens")
 
 
 def finish_grpc_stream(rec: RequestRecord, parser, times: list[int], responses: list, error: str | None,

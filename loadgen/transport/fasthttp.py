@@ -26,7 +26,14 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_http_stream, http_target, response_limit, too_large_error
+from loadgen.transport.common import (
+    cancelled_by_client,
+    finish_http_stream,
+    http_target,
+    response_limit,
+    too_large_error,
+    wait_limit,
+)
 from loadgen.transport.http import HttpTransport
 
 _now = time.perf_counter_ns
@@ -192,15 +199,21 @@ class FastHttpTransport:
             rec.issued_ns = _now() - t0
             assert conn.transport is not None
             conn.transport.write(payload)
-            if self.request_timeout_s:
-                await asyncio.wait_for(asyncio.shield(ex.done), self.request_timeout_s)
+            wait, by_client = wait_limit(self.request_timeout_s, rec.cancel_after_s)
+            if wait is not None:
+                await asyncio.wait_for(asyncio.shield(ex.done), wait)
             else:
                 await ex.done
         except asyncio.TimeoutError:
-            conn.ex = None
-            conn._close()
-            rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
-            rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+            if not ex.done.done():  # (else the response ended at the very deadline: it completed)
+                conn.ex = None
+                conn._close()  # the server sees the connection closed and stops generating
+                if by_client:
+                    self._settle(rec, ex, t0, parser)
+                    cancelled_by_client(rec)
+                    return
+                rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+                rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
         except asyncio.CancelledError:
             self._settle(rec, ex, t0, parser)
             rec.status, rec.error_kind = STATUS_CANCELLED, None

@@ -26,7 +26,13 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_grpc_stream, response_limit, too_large_error
+from loadgen.transport.common import (
+    cancelled_by_client,
+    finish_grpc_stream,
+    response_limit,
+    too_large_error,
+    wait_limit,
+)
 
 _now = time.perf_counter_ns
 _MAX_MSG = 64 * 1024 * 1024  # one gRPC message; far above any SLM response, and a bound on a hostile one
@@ -160,6 +166,9 @@ class GrpcStreamTransport:
 
     async def stream(self, model: str, tensors: list[Tensor], rec: RequestRecord, parser: GrpcStreamParser,
                      t0: int) -> None:
+        if rec.cancel_after_s is not None:
+            await self._stream_alone(model, tensors, rec, parser, t0)
+            return
         loop = asyncio.get_running_loop()
         self._next_id += 1
         rid = f"{rec.index}-{self._next_id}"
@@ -191,9 +200,69 @@ class GrpcStreamTransport:
             rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
         self._finish(rec, rid, p, parser, t0, completed)
 
+    async def _stream_alone(self, model: str, tensors: list[Tensor], rec: RequestRecord, parser: GrpcStreamParser,
+                            t0: int) -> None:
+        """A request the client abandons after ``rec.cancel_after_s`` (``--cancel-rate``) on a stream of its own:
+        cancelling a shared stream would end every request on it, and Triton learns of a client going away from
+        the stream's cancellation. When the deadline passes first the stream is cancelled and the record says
+        ``cancelled_by_client``; otherwise the request ends as on the shared stream."""
+        self._next_id += 1
+        rid = f"{rec.index}-{self._next_id}"
+        p = _Pending(asyncio.get_running_loop(), response_limit(rec, self.max_response_bytes))
+        call = self._stub.ModelStreamInfer()
+        wait, by_client = wait_limit(self.request_timeout_s, rec.cancel_after_s)
+        completed = False
+        rec.issued_ns = _now() - t0
+        try:
+            await call.write(build_request(model, rid, tensors))
+            completed = await asyncio.wait_for(_read_one(call, p), wait)
+        except asyncio.TimeoutError:
+            if by_client:
+                call.cancel()
+                self._finish(rec, rid, p, parser, t0, completed=False)
+                cancelled_by_client(rec)
+                rec.end_ns = _now() - t0  # when the client gave up, not its last response
+                return
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+            rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+        except asyncio.CancelledError:
+            call.cancel()
+            self._finish(rec, rid, p, parser, t0, completed=False)
+            rec.status, rec.error_kind = STATUS_CANCELLED, None
+            raise
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError) as err:
+            rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
+            text = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
+        call.cancel()  # its one request is over: release the stream
+        self._finish(rec, rid, p, parser, t0, completed)
+
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int,
                 completed: bool) -> None:
         self._pending.pop(rid, None)
         if p.too_large and rec.status != STATUS_ERROR:
             rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(p.limit)
         finish_grpc_stream(rec, parser, p.times, p.responses, p.error, completed, t0, _now())
+
+
+async def _read_one(call: Any, p: _Pending) -> bool:
+    """Read a stream that carries one request into ``p``, stamping each response; True when the request
+    completed (its final response came), False when the stream ended before it (``p.error`` says why)."""
+    while True:
+        resp = await call.read()
+        t = _now()
+        if resp is grpc.aio.EOF:
+            p.error = p.error or "stream ended: the server closed the stream"
+            return False
+        p.size += resp.ByteSize()
+        if p.size > p.limit:
+            p.too_large = True
+            return False
+        p.times.append(t)
+        if resp.error_message:
+            p.error = resp.error_message
+            return True
+        p.responses.append(resp.infer_response)
+        params = resp.infer_response.parameters
+        if "triton_final_response" in params and params["triton_final_response"].bool_param:
+            return True

@@ -7,6 +7,7 @@ stamped with ``perf_counter_ns`` and kept as bytes; parsing waits until the resp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from loadgen.core.records import (
     STATUS_ERROR,
     RequestRecord,
 )
-from loadgen.transport.common import finish_http_stream, response_limit, too_large_error
+from loadgen.transport.common import cancelled_by_client, finish_http_stream, response_limit, too_large_error
 
 _now = time.perf_counter_ns
 
@@ -88,53 +89,79 @@ class HttpTransport:
                 return r.status, None
 
     async def stream(self, path: str, body: bytes, rec: RequestRecord, parser: Any, t0: int) -> None:
-        """POST ``body`` and capture the streamed response into ``rec`` (times relative to ``t0``)."""
+        """POST ``body`` and capture the streamed response into ``rec`` (times relative to ``t0``).
+
+        A request the client abandons (``rec.cancel_after_s``, ``--cancel-rate``) runs under a deadline from its
+        issue time; when it passes, the response is closed (its connection with it, so the server sees the
+        client go) and the record says ``cancelled_by_client``."""
         times: list[int] = []
         chunks: list[bytes] = []
-        url = self.base_url + path
-        limit, size = response_limit(rec, self.max_response_bytes), 0
+        held: list[aiohttp.ClientResponse] = []  # the response once its head arrived, to close it on a cancel
         rec.issued_ns = _now() - t0
+        scope = asyncio.timeout(rec.cancel_after_s) if rec.cancel_after_s is not None else None
         try:
-            async with self.session.post(url, data=body) as resp:
-                rec.http_status = resp.status
-                if resp.status >= 300:
-                    text = (await resp.content.read(16384)).decode("utf-8", "replace")  # bounded, like bodies
-                    rec.first_byte_ns = _now() - t0
-                    rec.status, rec.error_kind = STATUS_ERROR, ERR_HTTP
-                    rec.error = f"HTTP {resp.status}: {_short(text)}"
-                    rec.end_ns = rec.first_byte_ns
+            async with scope if scope is not None else contextlib.nullcontext():
+                if await self._exchange(self.base_url + path, body, rec, times, chunks, held, t0):
                     return
-                content = resp.content
-                while True:
-                    data = await content.readany()
-                    if not data:
-                        break
-                    t = _now()
-                    size += len(data)
-                    if size > limit:
-                        resp.close()  # closing the connection stops the server's stream
-                        rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(limit)
-                        break
-                    times.append(t)
-                    chunks.append(data)
         except asyncio.CancelledError:
             # The run is stopping: keep every chunk that did arrive, then let the cancellation through.
-            rec.end_ns = _now() - t0
-            if times:
-                rec.first_byte_ns = times[0] - t0
-            finish_http_stream(rec, parser, times, chunks, t0)
+            _close(held)
+            self._settle(rec, parser, times, chunks, t0)
             rec.status, rec.error_kind = STATUS_CANCELLED, None
             raise
         except asyncio.TimeoutError:
+            _close(held)  # closes the connection: the server stops generating
+            if scope is not None and scope.expired():
+                self._settle(rec, parser, times, chunks, t0)
+                cancelled_by_client(rec)
+                return
             rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
             rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
         except (aiohttp.ClientError, OSError) as err:
             rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
             rec.error = f"{type(err).__name__}: {err}"[:500]
+        self._settle(rec, parser, times, chunks, t0)
+
+    async def _exchange(self, url: str, body: bytes, rec: RequestRecord, times: list[int], chunks: list[bytes],
+                        held: list[aiohttp.ClientResponse], t0: int) -> bool:
+        """Read the response into ``times``/``chunks``; True when it settled the record itself (an HTTP error)."""
+        limit, size = response_limit(rec, self.max_response_bytes), 0
+        async with self.session.post(url, data=body) as resp:
+            held.append(resp)
+            rec.http_status = resp.status
+            if resp.status >= 300:
+                text = (await resp.content.read(16384)).decode("utf-8", "replace")  # bounded, like bodies
+                rec.first_byte_ns = _now() - t0
+                rec.status, rec.error_kind = STATUS_ERROR, ERR_HTTP
+                rec.error = f"HTTP {resp.status}: {_short(text)}"
+                rec.end_ns = rec.first_byte_ns
+                return True
+            content = resp.content
+            while True:
+                data = await content.readany()
+                if not data:
+                    break
+                t = _now()
+                size += len(data)
+                if size > limit:
+                    resp.close()  # closing the connection stops the server's stream
+                    rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(limit)
+                    break
+                times.append(t)
+                chunks.append(data)
+        return False
+
+    @staticmethod
+    def _settle(rec: RequestRecord, parser: Any, times: list[int], chunks: list[bytes], t0: int) -> None:
         rec.end_ns = _now() - t0
         if times:
             rec.first_byte_ns = times[0] - t0
         finish_http_stream(rec, parser, times, chunks, t0)
+
+
+def _close(held: list[Any]) -> None:
+    for resp in held:
+        resp.close()
 
 
 def _short(text: str, limit: int = 300) -> str:
