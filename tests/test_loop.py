@@ -258,3 +258,37 @@ async def test_requests_stopped_before_their_task_ran_still_get_a_record(tmp_pat
     recs = read(tmp_path / "u.jsonl")
     assert out.interrupted and out.issued == 0 and len(recs) == 5
     assert all(r.status == STATUS_CANCELLED and r.issued_ns is None and "not sent" in r.error for r in recs)
+
+
+async def test_a_watch_ends_an_overloaded_level_early_without_calling_it_interrupted(tmp_path):
+    """A server that serves one request at a time at 4x the schedule: the queue grows, the search's saturation
+    watch ends the level long before its 600 requests (not a Ctrl-C: ``stopped_early``, no drain), and every
+    request scheduled has its record."""
+    from loadgen.runner.live import LiveStats
+    from loadgen.search.saturation import SaturationWatch
+
+    class OneAtATime(FakeBackend):
+        def __init__(self, clock):
+            super().__init__(clock, ttft_ns=40 * MS, itl_ns=MS)
+            self.lock = asyncio.Lock()
+
+        async def send(self, spec, rec, t0):
+            async with self.lock:
+                await super().send(spec, rec, t0)
+
+    clock = FakeClock(auto_advance=False)
+    rec = Recorder(tmp_path / "w.jsonl")
+    stats = LiveStats()
+    offsets = np.arange(600, dtype=np.int64) * 10 * MS  # 100 req/s against ~24 req/s of service
+    loop = LoadLoop(OneAtATime(clock), source("2"), rec, clock,
+                    LoopSettings(offsets_ns=offsets, start_lead_ns=0, drain_timeout_s=30.0), stats)
+    watch = SaturationWatch(loop.end_early, loop.in_flight, rate=100.0, window=10)
+    stats.add_observer(watch)
+    out = await drive(clock, loop.run(), step_ns=MS)
+    rec.close()
+    recs = read(tmp_path / "w.jsonl")
+    assert watch.tripped and out.stopped_early == watch.tripped and not out.interrupted
+    assert out.issued < 200 and out.end_ns < 3_000 * MS  # 600 requests would take 6 s to schedule, 25 s to serve
+    statuses = [r.status for r in recs]
+    assert sorted(r.index for r in recs) == list(range(len(recs))) and len(recs) >= out.issued
+    assert STATUS_CANCELLED in statuses and STATUS_OK in statuses

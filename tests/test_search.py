@@ -276,14 +276,41 @@ def _rule():
 def test_the_live_watch_stops_a_level_once_the_queue_grows():
     stopped = []
     in_flight = [0]
-    watch = SaturationWatch(lambda: stopped.append(True), lambda: in_flight[0], in_flight_bound=20)
+    watch = SaturationWatch(stopped.append, lambda: in_flight[0], in_flight_bound=20)
     for i in range(200):
         lat_ms = 100 if i < 30 else 100 + 30 * i
         rec = RequestRecord(index=i, scheduled_ns=i * 10**8, issued_ns=i * 10**8, chunk_offsets_us=[lat_ms * 1000],
                             chunk_tokens=[1], status=STATUS_OK)
         in_flight[0] = i // 4
         watch(rec)
-    assert stopped == [True] and "in flight" in watch.tripped
+    assert len(stopped) == 1 and "in flight" in stopped[0] and stopped[0] == watch.tripped
+
+
+def _feed(watch, latencies_ms, in_flight, flight_of):
+    for i, lat_ms in enumerate(latencies_ms):
+        in_flight[0] = flight_of(i)
+        watch(RequestRecord(index=i, scheduled_ns=i * 10**8, issued_ns=i * 10**8,
+                            chunk_offsets_us=[int(lat_ms * 1000)], chunk_tokens=[1], status=STATUS_OK))
+
+
+def test_the_live_watch_bound_is_littles_law_at_the_baseline_latency():
+    # 50 req/s at a 200 ms baseline: about 10 in flight is normal, so the bound is 21
+    stopped, in_flight = [], [0]
+    watch = SaturationWatch(stopped.append, lambda: in_flight[0], rate=50.0)
+    _feed(watch, [200] * 30 + [900] * 40, in_flight, lambda i: 20)  # slow, but the queue is not growing
+    assert watch.bound() == 21 and stopped == []
+    _feed(watch, [900] * 5, in_flight, lambda i: 22)  # and now it is
+    assert len(stopped) == 1 and "bound 21" in stopped[0]
+
+
+def test_the_live_watch_ignores_slow_steps_that_do_not_grow_and_errors():
+    stopped, in_flight = [], [0]
+    watch = SaturationWatch(stopped.append, lambda: in_flight[0], rate=50.0)
+    _feed(watch, [800] * 100, in_flight, lambda i: 100)  # slow from the start: no growth
+    assert stopped == []
+    err = RequestRecord(index=1000, scheduled_ns=0, issued_ns=0, status="error")
+    watch(err)
+    assert stopped == [] and len(watch.recent) == 30
 
 
 # ------------------------------------------------------------------------------------------------ step data
@@ -380,7 +407,9 @@ def test_search_against_the_embedded_server(tmp_path):
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "loadgen", "search", "--server-model", "opt-125m", "--server-max-batch", "8",
            "--input-tokens", "32", "--output-tokens", "16", "--fail-on", "ttft_p90<300ms,error_rate<1%",
-           "--duration", "4", "--budget", "40s", "--precision", "50%", "--out", str(out)]  # short: the suite's time
+           "--duration", "3", "--start-rate", "8", "--growth", "4", "--max-rate", "512", "--budget", "20s",
+           "--precision", "50%",
+           "--out", str(out)]  # short: the suite's time
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((out / "search.json").read_text())
@@ -391,3 +420,29 @@ def test_search_against_the_embedded_server(tmp_path):
         for d in p["run_dirs"]:
             assert (Path(d) / "summary.json").exists()
     print(proc.stdout)
+
+
+def test_every_level_of_a_search_draws_its_own_seed(tmp_path, monkeypatch):
+    """Steps at different loads and the extensions of one step never resend the same prompts: a server's prefix
+    cache filled by one level must not serve the next (and an extension must add independent samples)."""
+    from loadgen.scenario.load import scenario_from
+    from loadgen.search.step import LevelStepper
+
+    seeds = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(self, sc, name):
+        seeds.append((sc.load.seed, sc.load.rate, name))
+        raise Stop
+
+    monkeypatch.setattr(LevelStepper, "_run", fake_run)
+    base = scenario_from({}, {"load": {"rate": 1.0, "duration": 5, "seed": 40}}, "flags", check_paths=False)
+    stepper = LevelStepper(base, [], "http://127.0.0.1:1", None, tmp_path)
+    prior = step_result(2.0, [], None, ["a"])
+    for load, pr in ((1.0, None), (4.0, None), (4.0, prior)):
+        with pytest.raises(Stop):
+            stepper(load, pr)
+    assert [s for s, _, _ in seeds] == [40, 41, 42] and [r for _, r, _ in seeds] == [1.0, 4.0, 4.0]
+    assert seeds[2][2].endswith("-x1")

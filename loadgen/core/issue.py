@@ -63,6 +63,7 @@ class IssueOutcome:
     late: int  # issued later than the tolerance after their deadline
     cancelled: int  # still in flight when the drain ended
     interrupted: bool  # stopped before the schedule was done (Ctrl-C, server gone, a failure)
+    stopped_early: str | None = None  # ended on purpose before the schedule was done (why), not interrupted
 
 
 def dropped_record(spec: RequestSpec, scheduled_ns: int, late_ns: int, worker: int) -> RequestRecord:

@@ -43,6 +43,9 @@ class LevelRun:
     console: Any
     live: bool
     open_dir: Callable[[dict[str, Any]], Path]
+    # factories of live record observers: each gets the driver's control (``end_early(reason)``,
+    # ``in_flight()``) and returns a ``watch(record)``; the asyncio driver honours them (not the workers)
+    watches: Sequence[Callable[[Any], Callable[[Any], None]]] = ()
 
 
 @dataclass
@@ -101,6 +104,7 @@ class LevelOptions:
     ctx_extra: dict[str, Any] = field(default_factory=dict)  # merged into LevelContext.extra
     ctx_fields: dict[str, Any] = field(default_factory=dict)  # LevelContext fields set (e.g. a validity bound)
     side_tasks: Sequence[SideTask] = ()
+    watches: Sequence[Callable[[Any], Callable[[Any], None]]] = ()  # see LevelRun.watches
     announce: bool = True  # print the header lines (run name, run directory, plan notes)
 
 
@@ -154,7 +158,7 @@ def run_level(sc: Scenario, driver: Driver, opts: LevelOptions) -> LevelResult:
                 power.start(run_dir, metrics_url, url)
             return run_dir
 
-        driven = _drive(driver, LevelRun(sc, plan, url, console, sc.results.live, open_dir), tasks, opened)
+        driven = _drive(driver, LevelRun(sc, plan, url, console, sc.results.live, open_dir, opts.watches), tasks, opened)
         run_dir = opened["dir"]
         try:
             settle_config(run_dir, ctx, config, driven.outcome.issue_end_ns if driven.outcome else None,

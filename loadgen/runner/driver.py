@@ -82,11 +82,21 @@ class AsyncioDriver:
         return Driven(outcome, client, tripped, failure)
 
 
+def loop_class(plan: Any) -> type[LoadLoop]:
+    """The loop that sends the plan: multi-turn sessions have their own (``loadgen.runner.sessions``)."""
+    if getattr(plan, "sessions", None) is not None:
+        from loadgen.runner.sessions import SessionLoop
+
+        return SessionLoop
+    return LoadLoop
+
+
 def loop_settings_for(run: LevelRun) -> LoopSettings:
     sc = run.scenario
     return LoopSettings(offsets_ns=run.plan.offsets, concurrency=sc.load.concurrency, duration_s=sc.load.duration,
                         max_requests=sc.load.requests, on_late=sc.load.on_late,
-                        late_tolerance_ns=int(sc.load.late_tolerance * 1e9), drain_timeout_s=sc.limits.drain_timeout)
+                        late_tolerance_ns=int(sc.load.late_tolerance * 1e9), drain_timeout_s=sc.limits.drain_timeout,
+                        ramp_s=sc.load.ramp if run.plan.offsets is None else None)
 
 
 class _Signals:
@@ -133,6 +143,7 @@ def client_figures(outcome: LoopOutcome, stats: LiveStats, clock: Any, cpu_s: fl
         "cpu_seconds_per_1000_requests": round(1000 * cpu_s / outcome.issued, 3) if outcome.issued else None,
         "loop_lag_p99_ms": round(lag_p99_ms, 3), "issued": outcome.issued, "dropped": outcome.dropped,
         "late": outcome.late, "cancelled_at_end": outcome.cancelled, "interrupted": outcome.interrupted,
+        "stopped_early": outcome.stopped_early,
         "anchor": anchor, "t0_offset_ns": outcome.t0_ns - anchor["monotonic_ns"],
         "saturated": bool(reasons), "saturation_reason": "; ".join(reasons) or None, "server": info,
     }
@@ -158,15 +169,18 @@ async def drive_level(run: LevelRun, part: Any = None) -> tuple[LoopOutcome, dic
             part.share(settings)
             settings.t0_ns = await part.ready(settings)
         clock = MonotonicClock()
-        loop = LoadLoop(backend, plan.source, recorder, clock, settings, stats)
+        loop = loop_class(plan)(backend, plan.source, recorder, clock, settings, stats)
         recorder.on_error = lambda err: loop.stop()  # results that cannot be written: stop the load
         watch = ConnectionWatch(loop, sc.limits.max_connection_errors)
         stats.add_observer(watch)
+        for make_watch in run.watches:  # a front end's live judges (a search step's saturation watch)
+            stats.add_observer(make_watch(loop))
         aloop = asyncio.get_running_loop()
         anchor = wall_anchor()
         recorder.start()
         lag_task = aloop.create_task(monitor_loop_lag(stats))
-        display = LiveDisplay(stats, total=plan.total if plan.offsets is not None else sc.load.requests,
+        display = LiveDisplay(stats, total=plan.total if plan.offsets is not None or plan.sessions is not None
+                              else sc.load.requests,
                               duration_s=sc.load.duration if plan.offsets is None else None,
                               target_rate=plan.target_rate, console=run.console, enabled=run.live and part is None)
         cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from loadgen.codecs.backend import Backend
+from loadgen.core.arrivals import user_start_offsets
 from loadgen.core.clock import Clock
 from loadgen.core.issue import (
     DROP,
@@ -51,6 +52,7 @@ class LoopSettings:
     stripe: np.ndarray | None = None  # open loop: the schedule indices this worker owns (None = all)
     n_workers: int = 1  # closed loop: this worker numbers its requests worker, worker + n_workers, ...
     t0_ns: int | None = None  # a t0 shared by several worker processes (monotonic ns); None: start_lead_ns from now
+    ramp_s: float | None = None  # closed loop: users start one by one over this long, before the duration starts
 
 
 LoopOutcome = IssueOutcome  # the one outcome type of every driver (loadgen.core.issue)
@@ -72,10 +74,23 @@ class LoadLoop:
         self._closed_done = False
         self._abandoning = False  # the drain ended: what is still in flight is abandoned, not cancelled
         self._unstarted: dict[int, tuple[int, Any]] = {}  # launched, not yet running: index -> (scheduled, spec)
+        self.stopped_early: str | None = None  # end_early's reason
 
     def stop(self) -> None:
         """Stop issuing (Ctrl-C, a fatal error); in-flight requests are cancelled and recorded."""
         self.stop_event.set()
+
+    def end_early(self, reason: str) -> None:
+        """Stop issuing because the level has answered its question (e.g. a search step past saturation): like
+        ``stop``, in-flight requests are cancelled and recorded, but the level is not ``interrupted``; the
+        outcome carries ``stopped_early``."""
+        if self.stopped_early is None:
+            self.stopped_early = reason
+        self.stop_event.set()
+
+    def in_flight(self) -> int:
+        """Requests issued and not yet finished (a live figure for watches)."""
+        return len(self._tasks)
 
     async def _one(self, index: int, scheduled_ns: int, t0: int, spec: Any = None) -> None:
         self._unstarted.pop(index, None)
@@ -165,12 +180,14 @@ class LoadLoop:
     async def _closed_loop(self, t0: int) -> None:
         s = self.s
         n = s.concurrency or 1
-        end = t0 + int(s.duration_s * 1e9) if s.duration_s else None
+        end = t0 + int(((s.ramp_s or 0.0) + s.duration_s) * 1e9) if s.duration_s else None
         # Several worker processes share the request count: worker k numbers its requests k, k + n, k + 2n, ...
         counter = iter(range(s.worker, s.max_requests if s.max_requests is not None else 2**62, s.n_workers))
 
-        async def worker() -> None:
+        async def worker(start_ns: int = 0) -> None:
             clock = self.clock
+            if start_ns:  # --ramp: this user joins later (a stop cancels the wait with the task)
+                await clock.sleep_until(t0 + start_ns)
             while not self.stop_event.is_set() and not self._closed_done:
                 now = clock.now_ns()
                 if end is not None and now >= end:
@@ -182,7 +199,7 @@ class LoadLoop:
                 self.stats.on_issue()
                 await self._one(index, now - t0, t0)
 
-        workers = [asyncio.get_running_loop().create_task(worker()) for _ in range(n)]
+        workers = [asyncio.get_running_loop().create_task(worker(start)) for start in user_start_offsets(n, s.ramp_s)]
         for w in workers:
             self._tasks.add(w)
             w.add_done_callback(self._tasks.discard)
@@ -201,7 +218,7 @@ class LoadLoop:
             await self.clock.sleep_until(t0)
             await self._closed_loop(t0)
         issue_end = self.clock.now_ns() - t0
-        interrupted = self.stop_event.is_set()
+        interrupted = self.stop_event.is_set()  # an early end skips the drain too: its answer is known
         cancelled = 0
         if self._tasks and not interrupted:
             drain_end = self.clock.now_ns() + int(s.drain_timeout_s * 1e9)
@@ -216,7 +233,8 @@ class LoadLoop:
         self._record_unstarted()
         return LoopOutcome(t0_ns=t0, issue_end_ns=issue_end, end_ns=self.clock.now_ns() - t0,
                            issued=self._issued, dropped=self._dropped, late=self._late, cancelled=cancelled,
-                           interrupted=self.stop_event.is_set())
+                           interrupted=self.stop_event.is_set() and self.stopped_early is None,
+                           stopped_early=self.stopped_early)
 
 
 async def _wait_all_or_stop(tasks: list[asyncio.Task[Any]], stop: asyncio.Event, clock: Clock,

@@ -46,6 +46,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--concurrency", action="store_true",
                    help="search the number of users (closed loop) instead of the Poisson rate")
+    add_search_knobs(g)
+    g.add_argument("--out", metavar="DIR", help="the search's directory (default <out-dir>/search-<name>)")
+    g.add_argument("--no-plot", action="store_true", help="do not write plot.png")
+    add_flags(p, skip={"--rate", "--concurrency"})
+
+
+def add_search_knobs(g: Any) -> None:
+    """The search's own settings (``loadgen search`` and ``loadgen sweep --search``)."""
     g.add_argument("--start-rate", type=float, default=1.0, metavar="LOAD",
                    help="the first load: req/s (users with --concurrency); default 1")
     g.add_argument("--growth", type=float, default=2.0, help="the bracket's factor (default 2)")
@@ -58,9 +66,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strict", action="store_true", help="an undecided step counts as a fail")
     g.add_argument("--goodput-share", default="90%", metavar="PCT",
                    help="with --slo and no --fail-on, the condition is goodput_ratio>=PCT (default 90%%)")
-    g.add_argument("--out", metavar="DIR", help="the search's directory (default <out-dir>/search-<name>)")
-    g.add_argument("--no-plot", action="store_true", help="do not write plot.png")
-    add_flags(p, skip={"--rate", "--concurrency"})
 
 
 def _percent(text: str, flag: str) -> float:
@@ -94,7 +99,7 @@ def _fill_load(args: argparse.Namespace) -> None:
         setattr(args, dest_of("load", "duration"), DEFAULT_STEP_S)
 
 
-def _condition(sc: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
+def condition_of(sc: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
     from loadgen.core.slo import parse_fail_on
     from loadgen.errors import UsageError
 
@@ -105,6 +110,20 @@ def _condition(sc: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
         raise UsageError("no condition to search for: give --fail-on 'ttft_p90<300ms,error_rate<1%' (or --slo "
                          "ttft=500ms for a goodput share)")
     return parse_fail_on(text), text
+
+
+def settings_from(sc: Any, args: argparse.Namespace, users: bool) -> Any:
+    """The search's settings from its flags, checked against the scenario (one step must fit the budget)."""
+    from loadgen.core.slo import parse_duration_s
+    from loadgen.search.algorithm import SearchSettings
+
+    budget_s = parse_duration_s(args.budget, "--budget", "budget")
+    precision = _percent(args.precision, "--precision")
+    level_s = _check(sc, args, budget_s)
+    return SearchSettings(start=max(1, int(args.start_rate)) if users else args.start_rate,
+                          growth=args.growth, precision=precision, budget_s=budget_s, integer=users,
+                          max_extends=args.max_extends, max_load=args.max_rate, step_estimate_s=level_s,
+                          strict=args.strict)
 
 
 def _check(sc: Any, args: argparse.Namespace, budget_s: float) -> float:
@@ -125,24 +144,15 @@ def _check(sc: Any, args: argparse.Namespace, budget_s: float) -> float:
 def execute(args: argparse.Namespace) -> int:
     import sys
 
-    from loadgen.core.slo import parse_duration_s
     from loadgen.scenario.load import public_dict, scenario_from_args, scenario_toml
 
-    budget_s = parse_duration_s(args.budget, "--budget", "budget")
-    precision = _percent(args.precision, "--precision")
     _fill_load(args)
     sc, _ = scenario_from_args(args, check_paths=not args.print_scenario)
     if args.print_scenario:
         sys.stdout.write(scenario_toml(sc))
         return 0
-    checks, condition = _condition(sc, args)
-    level_s = _check(sc, args, budget_s)
-    from loadgen.search.algorithm import SearchSettings
-
-    settings = SearchSettings(start=max(1, int(args.start_rate)) if args.concurrency else args.start_rate,
-                              growth=args.growth, precision=precision, budget_s=budget_s,
-                              integer=args.concurrency, max_extends=args.max_extends, max_load=args.max_rate,
-                              step_estimate_s=level_s, strict=args.strict)
+    checks, condition = condition_of(sc, args)
+    settings = settings_from(sc, args, users=args.concurrency)
     search_dir = _search_dir(sc, args)
     from loadgen.search.run import run_search
 

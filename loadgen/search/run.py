@@ -95,16 +95,20 @@ def _finish(outcome: SearchOutcome, condition: str, users: bool, args: argparse.
             answer: bool = True) -> None:
     from dataclasses import asdict
 
-    from loadgen.level.rundir import write_json
-
-    doc = search_json(outcome, condition, users, args.confidence, asdict(settings), scenario)
-    write_json(search_dir / "search.json", doc)
+    plot = write_search(outcome, condition, users, args.confidence, asdict(settings), scenario, search_dir,
+                        plot=not args.no_plot)
     if outcome.points:
         console.print(steps_table(outcome, users))
-    if not args.no_plot and outcome.points:
-        plot = write_plot(outcome, search_dir / "plot.png", users)
-        console.print(f"search.json: {search_dir / 'search.json'}   plot: {plot}", soft_wrap=True)
-    else:
-        console.print(f"search.json: {search_dir / 'search.json'}", soft_wrap=True)
+    console.print(f"search.json: {search_dir / 'search.json'}" + (f"   plot: {plot}" if plot else ""),
+                  soft_wrap=True)
     if answer and outcome.stop_reason not in (FAILS_AT_START, INTERRUPTED):
         console.print(answer_line(outcome, condition, users, args.confidence), markup=False, highlight=False, soft_wrap=True)
+
+
+def write_search(outcome: SearchOutcome, condition: str, users: bool, confidence: float, settings: dict[str, Any],
+                 scenario: dict[str, Any], search_dir: Path, plot: bool = True) -> Path | None:
+    """``search.json`` and (with ``plot``, when there are steps) ``plot.png`` in ``search_dir``; the plot's path."""
+    from loadgen.level.rundir import write_json
+
+    write_json(search_dir / "search.json", search_json(outcome, condition, users, confidence, settings, scenario))
+    return write_plot(outcome, search_dir / "plot.png", users) if plot and outcome.points else None

@@ -9,14 +9,15 @@ length rather than on the load: such a step is a fail whatever its percentiles s
 - **completions fall behind the schedule**: fewer than ``min_completed_share`` of the requests sent completed
   (the rest timed out, were abandoned at the drain or failed).
 
-``SaturationWatch`` applies the first rule live, record by record (a ``LiveStats`` observer, the pattern of
-``runner/driver.py:ConnectionWatch``), and calls ``stop`` once the in-flight count keeps growing as well; the
-asyncio driver has no hook to add an observer from outside, so ``loadgen search`` uses ``judge_records`` after
-each level (see ``loadgen/search/cli.py``).
+``SaturationWatch`` applies the first rule live, record by record (a ``LiveStats`` observer handed to the
+asyncio driver through ``LevelOptions.watches``), and ends the level early once the in-flight count has grown as
+well, so that a failing step costs seconds rather than its whole length plus a drain; ``judge_records`` judges
+every step again from its records afterwards (``loadgen/search/step.py``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,18 +59,29 @@ def judge_records(sched_ns: np.ndarray, from_sched_ms: np.ndarray, sent: int, co
 
 
 class SaturationWatch:
-    """A live observer: ``watch(rec)`` for every finished record (``LiveStats.add_observer``); it keeps the
-    first third's latency from the schedule and stops the level (``stop()``) once recent requests wait
-    ``growth`` times longer and ``in_flight()`` has grown past ``in_flight_bound``."""
+    """A live observer: ``watch(rec)`` for every finished record (``LiveStats.add_observer``). It keeps the
+    first ``window`` successes' latency from the schedule as the baseline and ends the level
+    (``end_early(reason)``) once the last ``window`` successes wait ``growth`` times longer (and
+    ``min_growth_ms`` more) while the requests in flight have grown past the bound: ``in_flight_bound`` when
+    given, else twice what Little's law gives at the baseline latency and the scheduled ``rate``
+    (at least ``min_in_flight``). Both signs together: a slow server with a short queue is not saturated."""
 
-    def __init__(self, stop: Callable[[], None], in_flight: Callable[[], int], in_flight_bound: int,
-                 rule: SaturationRule | None = None, window: int = 30) -> None:
-        self.stop, self.in_flight, self.bound = stop, in_flight, in_flight_bound
+    def __init__(self, end_early: Callable[[str], None], in_flight: Callable[[], int],
+                 in_flight_bound: int | None = None, rule: SaturationRule | None = None, window: int = 30,
+                 rate: float | None = None, min_in_flight: int = 8) -> None:
+        self.end_early, self.in_flight = end_early, in_flight
+        self.fixed_bound, self.rate, self.min_in_flight = in_flight_bound, rate, min_in_flight
         self.rule = rule or SaturationRule()
         self.window = window
         self.baseline: list[float] = []
-        self.recent: list[float] = []
+        self.recent: deque[float] = deque(maxlen=window)
         self.tripped: str | None = None
+
+    def bound(self) -> int:
+        if self.fixed_bound is not None:
+            return self.fixed_bound
+        little = (self.rate or 0.0) * float(np.median(self.baseline)) / 1000 if self.baseline else 0.0
+        return max(self.min_in_flight, int(2 * little) + 1)
 
     def __call__(self, rec) -> None:  # noqa: ANN001 - a RequestRecord
         if self.tripped is not None or rec.status != "ok" or rec.last_token_ns is None:
@@ -79,12 +91,13 @@ class SaturationWatch:
             self.baseline.append(lat_ms)
             return
         self.recent.append(lat_ms)
-        if len(self.recent) > self.window:
-            self.recent.pop(0)
-        if len(self.recent) < self.window or self.in_flight() <= self.bound:
+        if len(self.recent) < self.window:
+            return
+        in_flight = self.in_flight()
+        if in_flight <= self.bound():
             return
         first, last = float(np.median(self.baseline)), float(np.median(self.recent))
         if last > self.rule.growth * max(first, 1e-9) and last - first >= self.rule.min_growth_ms:
-            self.tripped = (f"queue grows: latency from schedule {first:.0f} -> {last:.0f} ms, "
-                            f"{self.in_flight()} in flight")
-            self.stop()
+            self.tripped = (f"past saturation: latency from schedule {first:.0f} -> {last:.0f} ms, "
+                            f"{in_flight} in flight (bound {self.bound()})")
+            self.end_early(self.tripped)

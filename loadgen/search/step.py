@@ -20,7 +20,7 @@ from loadgen.errors import TargetError
 from loadgen.scenario.model import Scenario
 from loadgen.search.algorithm import StepResult, step_result
 from loadgen.search.confidence import StepData, judge
-from loadgen.search.saturation import judge_records
+from loadgen.search.saturation import SaturationWatch, judge_records
 
 # per-request metrics judged by the order-statistic bound (ITL is per token, pooled: not independent draws)
 BOUNDED_METRICS = tuple(m for m in REQUEST_METRICS if m.of_times is not None)
@@ -102,13 +102,16 @@ class LevelStepper:
         self.levels += 1
         label = f"c{int(load)}" if self.users else f"{load:.4g}rps"
         name = f"{self.levels:02d}-{label}" + (f"-x{prior.levels}" if prior is not None else "")
+        # every level of the search draws its own prompts and arrivals (seed + level number): an extension adds
+        # independent samples, and no step is served from the prefix cache that an earlier step filled
         sc = step_scenario(self.base, load, self.users, name, self.search_dir / "steps",
-                           seed_offset=prior.levels if prior is not None else 0, drain_cap_s=self.drain_cap_s)
+                           seed_offset=self.levels - 1, drain_cap_s=self.drain_cap_s)
         result = self._run(sc, name)
         from loadgen.core.summary import load_level_records
 
         data, saturated = step_data(load_level_records(result.run_dir), result.summary, sc.warmup_requests,
                                     sc.warmup_s)
+        saturated = result.driven.client.get("stopped_early") or saturated  # the live reason says more
         if prior is not None and prior.data is not None:
             data = prior.data.pooled(data)
             saturated = saturated or prior.saturated
@@ -117,13 +120,24 @@ class LevelStepper:
         wall = (prior.wall_s if prior is not None else 0.0) + time.perf_counter() - started
         return step_result(load, judgements, data, dirs, saturated, wall)
 
+    def _saturation_watch(self, sc: Scenario) -> Any:
+        """An open-loop step ends early once its queue grows without bound (``SaturationWatch``): the step is a
+        fail either way, and the rest of its length and drain would only cost time. A closed loop cannot queue
+        past its users, so it has no watch."""
+
+        def make(control: Any) -> SaturationWatch:
+            return SaturationWatch(control.end_early, control.in_flight, rate=sc.load.rate)
+
+        return make
+
     def _run(self, sc: Scenario, name: str) -> Any:
         from loadgen.level.pipeline import LevelOptions, run_level
         from loadgen.level.plan import plan_level
 
         opts = LevelOptions(front_end="search", console=_quiet_console(), plan=plan_level(sc), url=self.url,
                             metrics_url=self.metrics_url, run_dir=self.search_dir / "steps" / name, announce=False,
-                            config_extra={"search_step": name}, ctx_extra={"search_step": name})
+                            config_extra={"search_step": name}, ctx_extra={"search_step": name},
+                            watches=() if self.users else (self._saturation_watch(sc),))
         result = run_level(sc, _driver(sc), opts)
         if result.driven.tripped:
             raise TargetError(f"the server stopped answering during step {name} (last: {result.driven.tripped}); "

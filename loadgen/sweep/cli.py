@@ -31,6 +31,9 @@ examples:
       --backend openai-completions --model opt-1.3b --offline 500 --lengths sharegpt --name two
   loadgen compare runs/sweep-two
   # a restart command per configuration ({max_batch}, {replicas}, ... are filled in)
+  # the highest rate meeting an SLO for each max batch, and the Pareto frontier against J/token
+  loadgen sweep --search --server-max-batch 8,32 --input-tokens 128 --output-tokens 64 \\
+      --fail-on 'ttft_p90<300ms,error_rate<1%' --budget 3m --name cap
   loadgen sweep --restart-command './restart_vllm.sh --max-num-seqs {max_batch}' --url http://127.0.0.1:8000 \\
       --backend openai-completions --model opt-1.3b --server-max-batch 32,64,128 --offline 1000
 """
@@ -71,6 +74,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     a.add_argument("--eta", help="batch advice thresholds on eta(B), e.g. 0.1,0.2,0.3")
     a.add_argument("--latency-factor", help="batch advice: latency within L x latency(ref batch), e.g. 3,4,5")
     a.add_argument("--ref-batch", type=int, help="batch advice: the reference batch (default 32)")
+    q = p.add_argument_group("capacity search per configuration (--search)")
+    q.add_argument("--search", action="store_true",
+                   help="instead of load levels, search each configuration's highest Poisson rate meeting "
+                        "--fail-on (or the --slo goodput share), then the Pareto frontier against J/token")
+    from loadgen.search.cli import add_search_knobs
+
+    add_search_knobs(q)
     add_flags(p, skip={"--url"}, group_titles=GRID_TITLES)
 
 
@@ -143,6 +153,10 @@ def execute(args: argparse.Namespace) -> int:
         spec, _ = load_sweep(args.report)
         finalize(Path(args.report), spec, console, plots=not args.no_plots)
         return 0
+    if args.search:  # the search sets the rate: the grid's load levels have no place (said before anything starts)
+        from loadgen.sweep.search import prepare_args
+
+        prepare_args(args)
     spec = spec_from_args(args, check_paths=not args.print_scenario)
     if args.print_scenario:
         from loadgen.scenario.load import scenario_toml
@@ -157,6 +171,10 @@ def execute(args: argparse.Namespace) -> int:
         aside = sweep_dir.with_name(f"{sweep_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep_dir.rename(aside)
         console.print(f"--fresh: the previous sweep directory is now {aside}")
+    if args.search:
+        from loadgen.sweep.search import run_sweep_search
+
+        return run_sweep_search(spec, sweep_dir, console, args)
     n = len(spec.points())
     resumed = (sweep_dir / "sweep.json").is_file()
     console.print(f"[bold]loadgen sweep[/] {spec.name}: {len(spec.targets)} configuration(s), {n} point(s) -> "

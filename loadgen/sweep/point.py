@@ -18,7 +18,7 @@ from typing import Any
 
 from loadgen.core.records import STATUS_OK
 from loadgen.scenario.model import Scenario
-from loadgen.sweep.grid import Point, SweepSpec
+from loadgen.sweep.grid import Point, SweepSpec, Target
 from loadgen.sweep.scrape import ServerWatch
 from loadgen.sweep.targets import Running
 
@@ -27,17 +27,25 @@ WATCH_INTERVAL_S = 0.2  # the sweep's view of the server: 5 Hz at least, as befo
 WATCH_SETTLE_S = 0.3  # the last scrape waits this long: counters updated at the very end are seen
 
 
-def point_scenario(spec: SweepSpec, point: Point, url: str, out_dir: Path) -> Scenario:
-    """The base scenario with this point's target, server, load and name; checked like any level."""
-    from loadgen.scenario.check import resolve
-
-    t, load = point.target, point.load
+def target_dict(spec: SweepSpec, target: Target, url: str, name: str, out_dir: Path) -> dict[str, Any]:
+    """The base scenario (as a mapping) with one configuration's target and server, a name and an out dir."""
+    t = target
     d = spec.base.model_dump()
     # an embedded configuration keeps the file's (absent) URL: the sweep's own server is where the load goes
     d["target"].update(url=d["target"]["url"] if t.kind == "embedded" else url, backend=t.backend, model=t.model)
     if t.profile:
-        d["server"].update(model=t.profile, gpu=t.gpu, max_batch=t.max_batch, replicas=t.replicas, speed=t.speed)
-    d["results"].update(name=point.id, out_dir=str(out_dir), live=False)
+        d["server"].update(model=t.profile, gpu=t.gpu, max_batch=t.max_batch, replicas=t.replicas, speed=t.speed,
+                           mps=t.mps, spread=t.spread, replica_memory=t.replica_memory)
+    d["results"].update(name=name, out_dir=str(out_dir), live=False)
+    return d
+
+
+def point_scenario(spec: SweepSpec, point: Point, url: str, out_dir: Path) -> Scenario:
+    """The base scenario with this point's target, server, load and name; checked like any level."""
+    from loadgen.scenario.check import resolve
+
+    load = point.load
+    d = target_dict(spec, point.target, url, point.id, out_dir)
     ld = d["load"]
     ld.update(rate=None, concurrency=None, requests=load.requests, duration=load.duration_s)
     if load.kind == "offline":
