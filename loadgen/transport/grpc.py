@@ -194,10 +194,7 @@ class GrpcStreamTransport:
             rec.status, rec.error_kind = STATUS_CANCELLED, None
             raise
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError) as err:
-            rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
-            # one line: an AioRpcError's str() spans several (details, debug string)
-            text = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
-            rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
+            _connection_error(rec, err)
         self._finish(rec, rid, p, parser, t0, completed)
 
     async def _stream_alone(self, model: str, tensors: list[Tensor], rec: RequestRecord, parser: GrpcStreamParser,
@@ -231,9 +228,7 @@ class GrpcStreamTransport:
             rec.status, rec.error_kind = STATUS_CANCELLED, None
             raise
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError) as err:
-            rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
-            text = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
-            rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
+            _connection_error(rec, err)
         call.cancel()  # its one request is over: release the stream
         self._finish(rec, rid, p, parser, t0, completed)
 
@@ -266,3 +261,11 @@ async def _read_one(call: Any, p: _Pending) -> bool:
         params = resp.infer_response.parameters
         if "triton_final_response" in params and params["triton_final_response"].bool_param:
             return True
+
+
+def _connection_error(rec: RequestRecord, err: BaseException) -> None:
+    """A gRPC failure as the record's connection error, on one line (an AioRpcError's str() spans several:
+    details, then a debug string)."""
+    rec.status, rec.error_kind = STATUS_ERROR, ERR_CONNECTION
+    text = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
+    rec.error = " ".join(f"{type(err).__name__}: {text}".split())[:500]
