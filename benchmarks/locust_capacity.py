@@ -38,13 +38,13 @@ LEVELS = ((10, 20.0), (100, 20.0), (200, 20.0), (400, 20.0), (800, 20.0), (1200,
 LOCUST = str(Path(sys.executable).parent / "locust")
 
 
-def locust_run(url: str, rate: float, duration_s: float, out_dir: Path, cpu: str | None, seed: int = 0
-               ) -> gc.ClientRun:
+def locust_run(url: str, rate: float, duration_s: float, out_dir: Path, cpu: str | None, seed: int = 0,
+               engine: str = "gevent") -> gc.ClientRun:
     """One headless Locust level (local runner, pinned with taskset), read back as generator_capacity's ClientRun."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [LOCUST, "-f", "scenarios/", "TritonHttpPoisson", "--headless", "--only-summary", "-H", url, "--model", "m",
            "--rate", f"{rate:g}", "--duration", f"{duration_s:g}", "--output-tokens", "64", "--seed", str(seed),
-           "--out-dir", str(out_dir), "--loglevel", "WARNING"]
+           "--out-dir", str(out_dir), "--loglevel", "WARNING", "--engine", engine]
     cmd = (["taskset", "-c", cpu] if cpu else []) + cmd
     with open(out_dir / "client.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -64,7 +64,8 @@ def locust_run(url: str, rate: float, duration_s: float, out_dir: Path, cpu: str
     from loadgen.core.summary import load_records
 
     idx, sched, issue, ttft = [], [], [], []
-    for r in load_records(run_dir / "records.jsonl"):
+    (records,) = sorted(run_dir.glob("records*.jsonl"))  # records.w0.jsonl with --engine asyncio
+    for r in load_records(records):
         idx.append(r.index)
         sched.append(t0 + r.scheduled_ns)
         issue.append(-1 if r.issued_ns is None else t0 + r.issued_ns)
@@ -74,20 +75,21 @@ def locust_run(url: str, rate: float, duration_s: float, out_dir: Path, cpu: str
                         a(idx, np.int64), usage.ru_utime + usage.ru_stime, usage.ru_stime)
 
 
-def locust_level(bench: gc.Bench, rate: float, duration_s: float) -> dict[str, Any]:
-    label = f"locust-{rate:g}rps"
+def locust_level(bench: gc.Bench, rate: float, duration_s: float, engine: str = "gevent") -> dict[str, Any]:
+    front = "locust" if engine == "gevent" else f"locust+{engine}"
+    label = f"{front}-{rate:g}rps"
     d = bench.work / f"{time.strftime('%H%M%S')}-{label}"
     d.mkdir(parents=True)
     load_before, busy_before = os.getloadavg()[0], gc.cpu_busy_s()
     with gc.StreamServer(bench.binary, d / "server_timing.txt", bench.ttft_us, bench.gap_us, bench.server_cpu) as srv:
         run = locust_run(srv.url, rate, duration_s, d / "client",
-                         bench.client_cpus[0] if bench.client_cpus else None)
+                         bench.client_cpus[0] if bench.client_cpus else None, engine=engine)
         timing = srv.stop()
     fig = gc.level_figures([run], timing, duration_s)
     own = {c: v for c, v in ((bench.server_cpu, fig["server"]["cpu_s"]),
                              (bench.client_cpus[0] if bench.client_cpus else None, run.process_cpu_s)) if c}
     fig["interference"] = gc.foreign_cpu(busy_before, gc.cpu_busy_s(), own)  # other processes on our cores
-    fig.update({"label": label, "front_end": "locust", "target_rate_rps": rate, "duration_s": duration_s,
+    fig.update({"label": label, "front_end": front, "target_rate_rps": rate, "duration_s": duration_s,
                 "processes": 1, "loadavg_1m_before": round(load_before, 2), "dir": str(d)})
     fig["meets"] = gc.judge(fig)
     return fig
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default=None, help="levels as RATE:SECONDS,... (default 10:20,100:20,200:20,400:20,"
                    "800:20,1200:15)")
     p.add_argument("--front", default="both", choices=("both", "locust", "asyncio"))
+    p.add_argument("--engine", default="gevent", help="Locust's --engine: gevent, asyncio, or both (each level "
+                   "once per engine)")
     p.add_argument("--quick", action="store_true", help="2-second levels (smoke test)")
     p.add_argument("--client-cpu", default="0", help="CPU for the client process (taskset), '' for none")
     p.add_argument("--server-cpu", default="1", help="CPU for the server (taskset), '' for none")
@@ -131,15 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             fig["front_end"] = "asyncio"
             results["levels"].append(fig)
         if a.front in ("both", "locust"):
-            results["levels"].append(locust_level(bench, rate, seconds))
-    for front in ("asyncio", "locust"):
+            for engine in (("gevent", "asyncio") if a.engine == "both" else (a.engine,)):
+                results["levels"].append(locust_level(bench, rate, seconds, engine))
+    fronts = sorted({f["front_end"] for f in results["levels"]})
+    for front in fronts:
         ok = [f["target_rate_rps"] for f in results["levels"] if f["front_end"] == front and f["meets"]["all"]]
         results[f"highest_rate_meeting_targets_{front}"] = max(ok, default=None)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     render(results["levels"])
-    for front in ("asyncio", "locust"):
+    for front in fronts:
         print(f"highest rate meeting the targets, {front}: {results[f'highest_rate_meeting_targets_{front}']}")
     print(f"results: {a.json}")
     return 0

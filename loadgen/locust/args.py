@@ -88,6 +88,13 @@ def add_arguments(parser: Any) -> None:
     a("--print-scenario", action="store_true", default=False, include_in_web_ui=False,
       help="print the fully resolved scenario as TOML and exit (a file loadgen run and loadgen sweep run)")
     a("--run-name", default=None, include_in_web_ui=False, help="the same as --name (kept for older command lines)")
+    a("--engine", default="gevent", choices=("gevent", "asyncio"), include_in_web_ui=False,
+      help="open-loop levels: who sends the requests of this node's stripe: gevent (greenlets in the Locust "
+      "process) or asyncio (the asyncio runner's worker process beside it: about 1,400 req/s per core within the "
+      "timing targets against 800, see benchmarks/LOCUST.md)")
+    a("--clock-tolerance-ms", type=float, default=5.0, include_in_web_ui=False,
+      help="distributed runs: report a worker whose wall clock is further than this from the master's (measured "
+      "before t0 and corrected; default 5 ms)")
 
 
 def _text(value: Any) -> str | None:

@@ -61,6 +61,7 @@ class GeventHttpBackend(BackendState):
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         codec = self.codec
+        rec.cancel_after_s = spec.cancel_after_s  # --cancel-rate: the transport abandons it then
         self.transport.stream(codec.path, codec.body(spec), rec, codec.parser(spec), t0)
 
 
@@ -99,6 +100,7 @@ class GeventGrpcBackend(BackendState):
 
     def send(self, spec: RequestSpec, rec: RequestRecord, t0: int) -> None:
         assert self.codec is not None, "probe() first"
+        rec.cancel_after_s = spec.cancel_after_s  # --cancel-rate: the transport abandons it then
         self.transport.stream(self.model, self.codec.encode(spec), rec, self.codec.parser(spec), t0)
 
 

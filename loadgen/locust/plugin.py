@@ -1,7 +1,7 @@
 """``install()``: what a locustfile calls once to plug the loadgen core into Locust.
 
 It registers the scenario arguments, creates each process's ``LocustSession`` at ``init`` (with the web UI
-additions and the custom messages of distributed runs), answers ``--print-scenario`` and checks a headless level
+additions and the custom messages of distributed runs: last message, stop, records chunks, clock pings), answers ``--print-scenario`` and checks a headless level
 there (before Locust starts anything), and routes Locust's events to it. Several scenario files
 call it (``locust -f scenarios/`` imports them all); only the first call registers anything.
 """
@@ -41,6 +41,8 @@ def _session(environment: Any) -> Any:
 
 
 def _on_init(environment: Any, **_: Any) -> None:
+    from loadgen.locust.clock import PING, PONG
+    from loadgen.locust.collect import RECORDS, RECORDS_ACK
     from loadgen.locust.session import DONE_MESSAGE, STOP_MESSAGE, LocustSession
 
     session = LocustSession(environment)
@@ -50,10 +52,14 @@ def _on_init(environment: Any, **_: Any) -> None:
     # The report hooks carry no environment: each process binds its own session here, once.
     if session.role == "master":
         runner.register_message(DONE_MESSAGE, lambda environment, msg, **_: session.on_done_message(msg.data))
+        runner.register_message(RECORDS, lambda environment, msg, **_: session.on_records(msg.data))
+        runner.register_message(PONG, lambda environment, msg, **_: session.on_clock_pong(msg.node_id, msg.data))
         events.worker_report.add_listener(lambda client_id, data, **_: session.stats.merge(data.get("loadgen")))
     elif session.role == "worker":
         runner.register_message(STOP_MESSAGE, lambda environment, msg, **_: _stop_worker(session),
                                 concurrent=True)
+        runner.register_message(PING, lambda environment, msg, **_: _answer_clock(runner, msg.data))
+        runner.register_message(RECORDS_ACK, lambda environment, msg, **_: session.on_records_ack())
         events.report_to_master.add_listener(lambda client_id, data, **_: _attach_delta(session, data))
     if environment.web_ui is not None:
         from loadgen.locust import web
@@ -94,6 +100,14 @@ def _stop_worker(session: Any) -> None:
     if runner.state not in ("stopped", "stopping", "cleanup"):
         runner.stop()
     session.stop_node()
+
+
+def _answer_clock(runner: Any, ping: dict) -> None:
+    """A master's clock ping: stamp receipt and reply at once (``loadgen.locust.clock``)."""
+    from loadgen.locust.clock import PONG, answer, wall_ns
+
+    t2 = wall_ns()
+    runner.send_message(PONG, answer(ping, t2))
 
 
 def _attach_delta(session: Any, data: dict) -> None:

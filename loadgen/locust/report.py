@@ -24,7 +24,14 @@ import numpy as np
 import orjson
 
 from loadgen.core.metrics import NS_PER_MS, histogram_stats
-from loadgen.core.summary import LevelContext, MultiRecords, summarize, validity_warnings
+from loadgen.core.summary import (
+    LevelContext,
+    LevelCounts,
+    MultiRecords,
+    assemble_summary,
+    measurement_window,
+    summarize,
+)
 from loadgen.locust.stats import LLMStats
 
 
@@ -42,66 +49,45 @@ def exact_summary(files: list[Path], ctx: LevelContext) -> dict[str, Any]:
     return summary
 
 
-def _dist(stats: LLMStats, name: str, scale: float) -> dict[str, Any]:
-    return histogram_stats(stats.hist[name], scale=scale)
+# summary key -> (merged histogram, scale, undefined for a completed request: counted in "na" as the summary does)
+_DISTS = {
+    "schedule_lag_ms": ("schedule_lag", 1.0 / NS_PER_MS, False),
+    "ttft_ms": ("ttft", 1.0 / NS_PER_MS, True),
+    "ttft_from_scheduled_ms": ("ttft_sched", 1.0 / NS_PER_MS, True),
+    "tpot_ms": ("tpot", 1.0 / NS_PER_MS, True),
+    "itl_ms": ("itl", 1.0 / NS_PER_MS, False),
+    "e2e_ms": ("e2e", 1.0 / NS_PER_MS, True),
+    "e2e_from_scheduled_ms": ("e2e_sched", 1.0 / NS_PER_MS, True),
+    "output_tokens_per_request": ("output_tokens", 1.0, False),
+    "ttfrt_ms": ("ttfrt", 1.0 / NS_PER_MS, True),
+    "ttfat_ms": ("ttfat", 1.0 / NS_PER_MS, True),
+}
 
 
 def histogram_summary(stats: LLMStats, ctx: LevelContext, offsets_ns: np.ndarray | None) -> dict[str, Any]:
-    """The summary schema filled from merged histograms and counters (for records the master cannot read)."""
-    s = summarize([], ctx)  # every key, with the level's context
+    """The summary from merged histograms and counters (for records the master cannot read), built by the same
+    core code as the exact one (``loadgen.core.summary``: window, counts, rates, goodput, verdict), so it has the
+    same keys and ``--fail-on`` finds every name. Two approximations: the achieved rate counts the measured issued
+    requests, and the mean in flight their whole time in flight (the records would clip both to the window)."""
     c = stats.counts
-    w0 = int(ctx.warmup_s * 1e9)
-    if ctx.warmup_requests > 0 and stats.first_sched is not None:
-        w0 = max(w0, stats.first_sched)
-    if ctx.is_open_loop:
-        w1 = (ctx.run_end_ns - int(ctx.cooldown_s * 1e9) if ctx.run_end_ns is not None
-              else stats.last_sched if stats.last_sched is not None else w0)
-    else:
-        w1 = stats.last_end if stats.last_end is not None else (ctx.run_end_ns or w0)
-    window_ns = max(0, int(w1) - int(w0))
-    window_s = window_ns / 1e9 if window_ns else None
-
-    def rate(n: float) -> float | None:
-        return None if not window_s else round(n / window_s, 6)
-
-    def share(n: int, d: int) -> float | None:
-        return None if d == 0 else round(n / d, 6)
-
-    completed, errors = c["completed"], c["errors"]
+    w0, w1 = measurement_window(ctx, stats.first_sched, stats.last_sched, stats.last_end)
     scheduled = None
-    if ctx.is_open_loop and offsets_ns is not None and window_s:
-        scheduled = rate(int(((offsets_ns >= w0) & (offsets_ns <= w1)).sum()))
-    achieved = rate(c["issued"])
-    to_ms = 1.0 / NS_PER_MS
-    errors_by_kind = stats.errors_by_kind()
-    s.update({
-        "window_start_s": round(w0 / 1e9, 9), "window_end_s": round(w1 / 1e9, 9), "window_s": window_s,
-        "records_total": c["records"], "measured_requests": c["measured"], "issued_requests": c["issued"],
-        "completed_requests": completed, "error_count": errors, "error_rate": share(errors, completed + errors),
-        "errors_by_kind": errors_by_kind,
-        "error_rate_by_kind": {k: share(v, completed + errors) for k, v in errors_by_kind.items()},
-        "dropped_count": c["dropped"], "cancelled_count": c["cancelled"], "late_count": c["late"],
-        "late_share": share(c["late"], c["issued"]), "short_output_count": c["short"],
-        "short_output_share": share(c["short"], completed), "output_tokens_total": c["output_tokens"],
-        "input_tokens_total": c["input_tokens"], "requested_tokens_total": c["requested_tokens"],
-        "server_token_counts": c["server_counts"], "token_count_mismatches": c["token_mismatches"],
-        "achieved_rate_rps": achieved, "scheduled_rate_rps": scheduled,
-        "achieved_ratio": None if (achieved is None or not scheduled) else round(achieved / scheduled, 6),
-        "request_throughput_rps": rate(completed), "output_token_throughput_tps": rate(c["output_tokens"]),
-        "input_token_throughput_tps": rate(c["input_tokens"]),
-        "total_token_throughput_tps": rate(c["output_tokens"] + c["input_tokens"]),
-        "goodput_rps": rate(c["good"]) if ctx.slo else None,
-        "goodput_from_scheduled_rps": rate(c["good_sched"]) if ctx.slo else None,
-        "goodput_ratio": share(c["good"], completed) if ctx.slo else None,
-        "mean_running_requests": round(c["busy_ns"] / window_ns, 6) if window_ns else None,
-        "schedule_lag_ms": _dist(stats, "schedule_lag", to_ms), "ttft_ms": _dist(stats, "ttft", to_ms),
-        "ttft_from_scheduled_ms": _dist(stats, "ttft_sched", to_ms), "tpot_ms": _dist(stats, "tpot", to_ms),
-        "itl_ms": _dist(stats, "itl", to_ms), "e2e_ms": _dist(stats, "e2e", to_ms),
-        "e2e_from_scheduled_ms": _dist(stats, "e2e_sched", to_ms),
-        "output_tokens_per_request": _dist(stats, "output_tokens", 1.0),
-    })
-    warnings = validity_warnings(s, ctx)
-    s["valid"], s["warnings"] = not warnings, warnings
+    if ctx.is_open_loop and offsets_ns is not None:
+        scheduled = int(((offsets_ns >= w0) & (offsets_ns <= w1)).sum())
+    errors = {k: int(v) for k, v in stats.errors.items() if v}
+    counts = LevelCounts(
+        measured=c["measured"], issued=c["issued"], completed=c["completed"], errors=errors, dropped=c["dropped"],
+        cancelled=c["cancelled"], cancelled_by_client=c["cancelled_by_client"], late=c["late"], short=c["short"],
+        output_tokens=c["output_tokens"], input_tokens=c["input_tokens"], requested_tokens=c["requested_tokens"],
+        reasoning_tokens=c["reasoning_tokens"], server_counts=c["server_counts"],
+        out_mismatch=c["token_mismatches"], in_mismatch=c["input_mismatches"],
+        excluded_warmup=c["excluded_warmup"], excluded_cooldown=c["excluded_cooldown"],
+        issued_in_window=c["issued"], scheduled_in_window=scheduled, running_ns=c["busy_ns"],
+        good=c["good"] if ctx.slo else None, good_sched=c["good_sched"] if ctx.slo else None)
+    dists = {key: histogram_stats(stats.hist[name], scale=scale,
+                                  na=max(0, c["completed"] - stats.hist[name].count) if per_completed else 0)
+             for key, (name, scale, per_completed) in _DISTS.items()}
+    s = assemble_summary(ctx, w0, w1, counts, dists, records_total=c["records"])
     s["merged_from_histograms"] = True
     return s
 
@@ -151,6 +137,10 @@ def html_block(summary: dict[str, Any] | None, stats: LLMStats) -> str:
     if summary:
         keys = ("request_throughput_rps", "output_token_throughput_tps", "total_token_throughput_tps",
                 "goodput_rps", "achieved_rate_rps", "scheduled_rate_rps", "error_rate", "valid")
+        if summary.get("cancelled_by_client_count"):  # --cancel-rate: a state of its own, not an error
+            keys += ("cancelled_by_client_count", "cancelled_by_client_share")
+        if summary.get("reasoning_tokens_total"):  # a reasoning model
+            keys += ("reasoning_tokens_total", "answer_tokens_total")
         out.write("<h3>Level summary</h3><ul>")
         for k in keys:
             out.write(f"<li>{k}: {html.escape(_cell(summary.get(k)))}</li>")

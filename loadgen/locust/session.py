@@ -13,8 +13,11 @@ every spawn message): the resolved scenario, the run directory, the target URL, 
 and each connected worker's stripe number. Each worker rebuilds the same schedule from the same scenario and
 seed, keeps request indices ``i % n == stripe`` (``offsets_for_stripe``), converts t0 to its own monotonic clock
 and issues its stripe at the absolute deadlines. So the union of the stripes is exactly the planned arrival process, with no
-coordination during the run. Workers write their own records file, send histogram deltas with Locust's stats
-reports and a last delta with a ``loadgen_done`` message; the master ends the test when every stripe is done.
+coordination during the run. Before choosing t0 the master measures each worker's wall-clock offset and hands it
+t0 on its own clock (``loadgen.locust.clock``; ``t0_skew_ms`` in the summary). Workers write their records to a
+spool on their own disk and ship them to the master's run directory as they go (``loadgen.locust.collect``), send
+histogram deltas with Locust's stats reports and a last delta with a ``loadgen_done`` message; the master ends the
+test when every stripe is done or lost (no heartbeat: reported with the records recovered).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from loadgen.core.histogram import LogHistogram
 from loadgen.core.records import STATUS_ERROR, STATUS_OK, RequestRecord
 from loadgen.errors import LoadgenError, UsageError
 from loadgen.level.target import start_embedded, url_of
+from loadgen.locust import clock as lclock
 from loadgen.locust import report as lreport
 from loadgen.locust.args import (
     MODES,
@@ -44,8 +48,10 @@ from loadgen.locust.args import (
     level_to_wire,
     scenario_from_options,
 )
+from loadgen.locust.collect import RECORDS_ACK, RecordCollector, RecordShipper, drop_spool
 from loadgen.locust.dispatch import DispatchOutcome, OpenLoopDispatcher, run_request, sleep_until
 from loadgen.locust.level import client_block, locust_context
+from loadgen.locust.sessions import SessionDispatcher, is_sessions, run_session
 from loadgen.locust.stats import LLMStats, MeasureWindow, NodeStats
 from loadgen.scenario.model import Scenario
 
@@ -54,7 +60,13 @@ DONE_MESSAGE = "loadgen_done"
 STOP_MESSAGE = "loadgen_stop"
 DISTRIBUTED_LEAD_S = 2.0  # t0 this far after planning: spawn messages, schedule and probe on every worker
 LOCAL_LEAD_NS = 50_000_000
+ENGINE_EXTRA_LEAD_S = 3.0  # --engine asyncio: the child's start (interpreter, probe, schedule) before t0
 FINAL_WAIT_S = 30.0  # the master waits this long for the workers' last messages when a run is cut short
+CLOCK_WAIT_S = 0.25  # the master waits this long for each round of clock answers
+LOST_WORKER_EXIT = 5  # a worker lost mid-run: the exit code of `loadgen run --workers` when a worker dies
+TAIL_SLICE = 32  # --engine asyncio: records folded into the statistics between two pauses (about 1 ms of work)
+TAIL_PAUSE_S = 0.001
+SHIP_EVERY = 4  # a worker ships its new records every this many flushes (about once a second)
 
 
 class LLMRequestError(Exception):
@@ -86,6 +98,7 @@ class LocustSession:
         self.think_dist = "exponential"
         self._user_numbers = itertools.count()
         self._level: dict[str, Any] | None = None
+        self._clock: lclock.ClockCheck | None = None  # the master's clock measurements of the current level
 
     @property
     def options(self) -> Any:
@@ -195,18 +208,24 @@ class LocustSession:
             stripes = {node: k for k, node in enumerate(nodes)}
             backend.close()
             backend = None
+            clock = self._sync_clocks(nodes)
+            offsets = clock.offsets_ns()
+            collector = RecordCollector(run_dir)
+            collector.open(list(stripes.values()))
         else:
             stripes = {"local": 0}
+            clock, offsets, collector = None, {}, None
         # duration_s: resolved here, since it may come from --run-time, which Locust does not send to workers
         plan = {"run_dir": str(run_dir), "url": url, "user_class": level.user_class, "users": level.users,
-                "duration_s": sc.load.duration, "t0_wall_ns": time.time_ns() + int(DISTRIBUTED_LEAD_S * 1e9),
-                "stripes": stripes, "n": len(stripes), "level": level_to_wire(level)}
+                "duration_s": sc.load.duration, "t0_wall_ns": time.time_ns() + int(self._lead_s() * 1e9),
+                "stripes": stripes, "n": len(stripes), "level": level_to_wire(level), "clock_offsets_ns": offsets}
         ctx = locust_context(level, level_plan, url, name)
         ctx.extra["locust"] = {**level.public_dict(), "role": self.role, "workers": len(stripes),
                                "plan": {k: v for k, v in plan.items() if k not in ("stripes", "level")}}
         config = self._write_config(level, url, ctx, info, run_dir)
         self._level = {"level": level, "ctx": ctx, "config": config, "plan": plan, "level_plan": level_plan,
-                       "dones": {}, "finalized": False, "ending": False, "stop_sent": False}
+                       "dones": {}, "finalized": False, "ending": False, "stop_sent": False, "clock": clock,
+                       "collector": collector, "lost": {}}
         log.info("loadgen: %s -> %s (%s, model %s); run directory %s", level.user_class, url, sc.target.backend,
                  sc.target.model, run_dir)
         for line in level_plan.describe:
@@ -214,8 +233,14 @@ class LocustSession:
         if self.role == "master":
             self.options.loadgen_plan = plan
             self._level["ticker"] = gevent.spawn(self._tick_loop, None)
+            self._level["watch"] = gevent.spawn(self._watch_workers, self._level)
         else:
             self._start_node(plan, 0, level, level_plan, backend)
+
+    def _lead_s(self) -> float:
+        """How far ahead the master puts t0: a worker with ``--engine asyncio`` first starts its child process."""
+        engine = getattr(self.options, "engine", "gevent")
+        return DISTRIBUTED_LEAD_S + (ENGINE_EXTRA_LEAD_S if engine == "asyncio" else 0.0)
 
     def _write_config(self, level: LocustLevel, url: str, ctx: Any, info: dict[str, Any], run_dir: Path
                       ) -> dict[str, Any]:
@@ -269,7 +294,7 @@ class LocustSession:
 
     # -- a node: the local runner or a worker --------------------------------------------------------------
     def _start_node(self, plan: dict, stripe: int, level: LocustLevel, level_plan: Any, backend: Any) -> None:
-        from loadgen.core.arrivals import offsets_for_stripe
+        from loadgen.core.arrivals import offsets_for_stripe, user_start_offsets
         from loadgen.core.slo import parse_slo
         from loadgen.level.recorder import Recorder
 
@@ -280,7 +305,7 @@ class LocustSession:
             backend, _ = self._probe(sc, plan["url"])
         run_dir = Path(plan["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / ("records.jsonl" if self.role == "local" else f"records.w{stripe}.jsonl")
+        path = run_dir / "records.jsonl" if self.role == "local" else self._spool(run_dir, stripe)
         offsets = level_plan.offsets
         cool_ns = int(sc.load.cooldown * 1e9)
         sched_end = float(offsets[-1] - cool_ns) if offsets is not None and cool_ns else math.inf
@@ -296,22 +321,84 @@ class LocustSession:
         if self.role == "local":
             lv["t0"] = time.perf_counter_ns() + (LOCAL_LEAD_NS if level.mode != "closed" else 0)
             lv["ticker"] = gevent.spawn(self._tick_loop, lv)
-        else:
-            lv["t0"] = time.perf_counter_ns() + (plan["t0_wall_ns"] - time.time_ns())
+        else:  # t0 on this worker's own wall clock: the master measured the offset (loadgen.locust.clock)
+            mine = plan["t0_wall_ns"] + int(plan.get("clock_offsets_ns", {}).get(self.environment.runner.client_id, 0))
+            lv["t0"] = time.perf_counter_ns() + (mine - lclock.wall_ns())
+            lv["shipper"] = RecordShipper(path, stripe, self.environment.runner.send_message)
+            lv["t0_watch"] = gevent.spawn(self._t0_watch, lv)
         if level.mode == "closed":
             m, duration = sc.load.requests, sc.load.duration
             lv["closed_limit"] = None if m is None else max(0, -(-(m - stripe) // n))
-            lv["closed_end"] = lv["t0"] + int(duration * 1e9) if duration else None
+            lv["closed_end"] = lv["t0"] + int(((sc.load.ramp or 0.0) + duration) * 1e9) if duration else None
+            lv["ramp_starts"] = user_start_offsets(sc.load.concurrency or 1, sc.load.ramp)  # --ramp: users join
+            lv["ramped"] = set()                                                             # one by one
+            return
+        if getattr(self.options, "engine", "gevent") == "asyncio" and not is_sessions(level_plan.source):
+            self._start_engine(lv, level, plan["url"], path)
             return
         indices, _ = offsets_for_stripe(offsets, stripe, n)
         cap = sc.load.concurrency  # the level's in-flight cap, shared out as loadgen run --workers does
         if cap:
             cap = max(1, cap // n + (1 if stripe < cap % n else 0))
-        lv["dispatcher"] = OpenLoopDispatcher(
+        dispatcher = SessionDispatcher if is_sessions(level_plan.source) else OpenLoopDispatcher
+        lv["dispatcher"] = dispatcher(
             backend, level_plan.source, self._on_record, offsets, indices, lv["t0"], on_late=sc.load.on_late,
             late_tolerance_ns=int(sc.load.late_tolerance * 1e9), concurrency=cap,
             drain_timeout_s=sc.limits.drain_timeout, worker=stripe)
         lv["dispatch_greenlet"] = gevent.spawn(self._dispatch, lv)
+
+    def _start_engine(self, lv: dict, level: LocustLevel, url: str, path: Path) -> None:
+        """``--engine asyncio``: the stripe goes out from the asyncio runner's worker process (``engine.py``);
+        this process tails its records file into the statistics (and, on a worker, ships it)."""
+        from loadgen.locust.engine import AsyncioStripe, ChildRecords, RecordTail
+
+        lv["recorder"].close()  # the child writes the records: records.w<K>.jsonl beside where ours would be
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        eng = AsyncioStripe(level.scenario.model_dump(), url, path.parent, lv["stripe"], lv["n"])
+        lv.update(recorder=ChildRecords(), records=eng.records, tail=RecordTail(eng.records), engine=eng)
+        lv["lag_monitor"].kill(block=False)  # the child measures its own loop lag; no 10 ms wake-ups beside it
+        if lv.get("shipper") is not None:
+            lv["shipper"].path = eng.records
+        lv["dispatch_greenlet"] = gevent.spawn(self._run_engine, lv)
+
+    def _run_engine(self, lv: dict) -> None:
+        from loadgen.locust.engine import EngineFailed
+
+        eng = lv["engine"]
+        try:
+            eng.start()
+            if self.role == "local":  # the child has probed and built its stripe: start now
+                lv["t0"] = time.perf_counter_ns() + LOCAL_LEAD_NS
+            elif time.perf_counter_ns() > lv["t0"]:
+                log.warning("loadgen: the asyncio engine was ready %.0f ms after t0 (raise the lead)",
+                            (time.perf_counter_ns() - lv["t0"]) / 1e6)
+            eng.go(lv["t0"])
+            outcome, client = eng.wait_done()
+        except EngineFailed as err:
+            log.error("loadgen: %s", err)
+            self.environment.process_exit_code = err.exit_code
+            eng.stop()
+            eng.close()
+            outcome, client = asdict(self._closed_outcome(lv, interrupted=True)), {}
+        for rec in lv["tail"].read(None):
+            self._on_record(rec)
+        lv["engine_client"] = client
+        self._node_finished(lv, DispatchOutcome(**outcome))
+
+    @staticmethod
+    def _spool(run_dir: Path, stripe: int) -> Path:
+        """A worker's own records file, on its own disk (shipped to the master's run directory as it grows)."""
+        import tempfile
+
+        spool = Path(tempfile.gettempdir()) / "loadgen-worker-spool" / run_dir.name
+        spool.mkdir(parents=True, exist_ok=True)
+        return spool / f"records.w{stripe}.jsonl"
+
+    def _t0_watch(self, lv: dict) -> None:
+        """When this worker actually reached t0, on its wall clock: the master's start-spread check."""
+        sleep_until(lv["t0"])
+        lv["t0_start_wall_ns"] = lclock.wall_ns()
 
     def _dispatch(self, lv: dict) -> None:
         outcome = lv["dispatcher"].run()
@@ -336,13 +423,18 @@ class LocustSession:
             request_type=backend.name, name=backend.endpoint, response_time=rt,
             response_length=rec.output_tokens if rec.status == STATUS_OK else 0, exception=exc, context={})
 
-    def closed_loop_request(self) -> None:
-        """One request of a closed-loop user (raises StopUser when this node's share is done)."""
+    def closed_loop_request(self, user: int | None = None) -> None:
+        """One request of a closed-loop user (raises StopUser when this node's share is done). ``user``: the
+        user's number, whose first request waits for its turn in a ``--ramp``."""
         lv = self._level
         if lv is None or "closed_limit" not in lv or lv["node_done"]:
             raise StopUser()
         if time.perf_counter_ns() < lv["t0"]:  # a distributed level starts at the planned t0 on every worker
             sleep_until(lv["t0"])
+        if user is not None and lv.get("ramp_starts") and user not in lv["ramped"]:
+            lv["ramped"].add(user)
+            starts = lv["ramp_starts"]
+            sleep_until(lv["t0"] + starts[user % len(starts)])
         k = next(lv["closed_k"])
         now = time.perf_counter_ns()
         if (lv["closed_limit"] is not None and k >= lv["closed_limit"]) or \
@@ -351,10 +443,15 @@ class LocustSession:
             self._closed_check(lv)
             raise StopUser()
         lv["inflight"] += 1
-        lv["issued"] += 1
         try:
-            run_request(lv["backend"], lv["source"], k * lv["n"] + lv["stripe"], now - lv["t0"], lv["t0"],
-                        lv["stripe"], self._on_record)
+            if is_sessions(lv["source"]):  # multi-turn: this user runs one whole session (loadgen.locust.sessions)
+                run_session(lv["backend"], lv["source"], k * lv["n"] + lv["stripe"], now - lv["t0"], lv["t0"],
+                            lv["stripe"], self._on_record, end_abs_ns=lv["closed_end"],
+                            on_issue=lambda: lv.__setitem__("issued", lv["issued"] + 1))
+            else:
+                lv["issued"] += 1
+                run_request(lv["backend"], lv["source"], k * lv["n"] + lv["stripe"], now - lv["t0"], lv["t0"],
+                            lv["stripe"], self._on_record)
         finally:
             lv["inflight"] -= 1
         self._closed_check(lv)
@@ -371,15 +468,30 @@ class LocustSession:
         """Flush the records 4x a second; records that cannot be written stop this node's load (exit 6)."""
         from loadgen.errors import ResultsError
 
+        flushes = 0
         while not lv["node_done"]:
             gevent.sleep(0.25)
             recorder = lv["recorder"]
             recorder.flush()
+            if lv.get("tail") is not None:  # --engine asyncio: the child's records, into the statistics
+                self._take_tail(lv)
+            flushes += 1
+            if lv.get("shipper") is not None and flushes % SHIP_EVERY == 0 and recorder.error is None:
+                lv["shipper"].ship()
             if recorder.error is not None:
                 log.error("loadgen: %s", recorder.describe_error())
                 self.environment.process_exit_code = ResultsError.exit_code
                 gevent.spawn(self.stop_node)
                 return
+
+    def _take_tail(self, lv: dict) -> None:
+        """The child's new records, in slices of ``TAIL_SLICE`` with a short sleep between them: this process
+        shares the child's core, and one long burst of bookkeeping would hold the core past the child's next
+        deadlines (the scheduler runs the child while this process sleeps)."""
+        for k, rec in enumerate(lv["tail"].read(), 1):
+            self._on_record(rec)
+            if k % TAIL_SLICE == 0:
+                gevent.sleep(TAIL_PAUSE_S)
 
     def _hub_lag_loop(self, lv: dict) -> None:
         """How late the gevent hub wakes a 10 ms sleeper: the event-loop lag of this generator process."""
@@ -408,8 +520,19 @@ class LocustSession:
                 "outcome": asdict(outcome), "delta": lv["node"].take(), "cpu_seconds": round(cpu_s, 3),
                 "wall_seconds": round(wall_s, 3), "t0_monotonic_ns": lv["t0"], "hub_lag_p99_ms": round(lag.percentile(99) / 1e6, 3)
                 if lag.count else 0.0}
+        child = lv.get("engine_client")
+        if child is not None:  # --engine asyncio: the child's CPU and event-loop lag count as this node's
+            done.update(engine="asyncio", cpu_seconds=round(cpu_s + child.get("cpu_seconds", 0.0), 3),
+                        hub_lag_p99_ms=max(done["hub_lag_p99_ms"], child.get("loop_lag_p99_ms") or 0.0),
+                        engine_client={k: child.get(k) for k in ("cpu_seconds", "loop_lag_p99_ms", "wake_method",
+                                                                 "event_loop", "saturation_reason")})
         lv["backend"].close()
         if self.role == "worker":
+            if lv.get("t0_watch") is not None:
+                lv["t0_watch"].kill(block=False)
+            lv["shipper"].ship()  # the rest of the records, before the last message
+            done.update(client_id=self.environment.runner.client_id, t0_start_wall_ns=lv.get("t0_start_wall_ns"),
+                        shipped=lv["shipper"].lines)
             self.environment.runner.send_message(DONE_MESSAGE, done)
             return
         self.on_done_message(done)
@@ -422,17 +545,79 @@ class LocustSession:
         if "dispatcher" in lv:
             lv["dispatcher"].stop()
             lv["dispatch_greenlet"].join(timeout=30)
+        if "engine" in lv:  # the child stops issuing, records what was in flight and reports done
+            lv["engine"].stop()
+            lv["dispatch_greenlet"].join(timeout=60)
         if not lv["node_done"]:
             self._node_finished(lv, self._closed_outcome(lv, interrupted=True))
 
     # -- the master / local side ---------------------------------------------------------------------------
+    def _sync_clocks(self, nodes: list[str]) -> lclock.ClockCheck:
+        """A few NTP-style exchanges with every worker before t0 is chosen (``loadgen.locust.clock``)."""
+        check = lclock.ClockCheck(float(getattr(self.options, "clock_tolerance_ms", lclock.TOLERANCE_MS)))
+        self._clock = check
+        runner = self.environment.runner
+        for r in range(lclock.ROUNDS):
+            for node in nodes:
+                runner.send_message(lclock.PING, {"t1": lclock.wall_ns(), "seq": r}, client_id=node)
+            end = time.monotonic() + CLOCK_WAIT_S
+            while time.monotonic() < end and any(len(check.exchanges.get(n, ())) <= r for n in nodes):
+                gevent.sleep(0.002)
+        missing = [n for n in nodes if not check.exchanges.get(n)]
+        if missing:
+            log.warning("loadgen: no clock answer from %s: their t0 rests on their wall clocks, unchecked",
+                        ", ".join(missing))
+        return check
+
+    def on_clock_pong(self, client_id: str, data: dict) -> None:
+        t4 = lclock.wall_ns()
+        check = getattr(self, "_clock", None)
+        if check is not None:
+            check.add(client_id, data, t4)
+
+    def on_records_ack(self) -> None:
+        """Worker: the master has every record of this stripe: the spool file is not needed any more."""
+        lv = self._level
+        if lv is not None and lv.get("shipper") is not None and lv.get("node_done"):
+            drop_spool(Path(lv["records"]))
+
+    def on_records(self, data: dict) -> None:
+        lv = self._level
+        if lv is not None and lv.get("collector") is not None and not lv["finalized"]:
+            lv["collector"].receive(data)
+
+    def _watch_workers(self, lv: dict) -> None:
+        """A worker that Locust marks missing (no heartbeat) or that left without its last message is lost: it is
+        reported with the records that reached the master, and the level ends without waiting for it."""
+        from locust.runners import STATE_MISSING
+
+        runner = self.environment.runner
+        while not lv["finalized"]:
+            gevent.sleep(0.5)
+            for cid, stripe in lv["plan"]["stripes"].items():
+                if stripe in lv["dones"] or stripe in lv["lost"]:
+                    continue
+                node = runner.clients.get(cid)
+                if node is None or node.state == STATE_MISSING:
+                    recovered = lv["collector"].lines.get(stripe, 0)
+                    lv["lost"][stripe] = {"stripe": stripe, "client_id": cid, "records_recovered": recovered}
+                    log.warning("loadgen: worker %d (%s) was lost mid-run; %d of its records reached the master",
+                                stripe, cid, recovered)
+            if lv["lost"] and len(lv["dones"]) + len(lv["lost"]) >= lv["plan"]["n"] and not lv.get("stopping"):
+                self._end_test()
+                return
+
     def on_done_message(self, done: dict) -> None:
         lv = self._level
         if lv is None or lv["finalized"]:
             return
         lv["dones"][done["stripe"]] = done
+        lv.get("lost", {}).pop(done["stripe"], None)  # reported late, but reported: not lost
+        collector = lv.get("collector")
+        if collector is not None and done.get("client_id") and collector.complete(done["stripe"], done["written"]):
+            self.environment.runner.send_message(RECORDS_ACK, {"stripe": done["stripe"]}, client_id=done["client_id"])
         self.stats.merge(done.get("delta"))
-        if len(lv["dones"]) >= lv["plan"]["n"] and not lv.get("stopping"):
+        if len(lv["dones"]) + len(lv.get("lost", {})) >= lv["plan"]["n"] and not lv.get("stopping"):
             self._end_test()
 
     def _end_test(self) -> None:
@@ -476,12 +661,12 @@ class LocustSession:
 
     def _wait_for_workers(self, lv: dict) -> None:
         end = time.monotonic() + FINAL_WAIT_S
-        while len(lv["dones"]) < lv["plan"]["n"] and time.monotonic() < end:
+        while len(lv["dones"]) + len(lv["lost"]) < lv["plan"]["n"] and time.monotonic() < end:
             if not lv["stop_sent"]:
                 lv["stop_sent"] = True
                 self.environment.runner.send_message(STOP_MESSAGE, {})
             gevent.sleep(0.1)
-        missing = lv["plan"]["n"] - len(lv["dones"])
+        missing = lv["plan"]["n"] - len(lv["dones"]) - len(lv["lost"])
         if missing:
             log.warning("loadgen: %d worker(s) sent no final message; their last stats are missing", missing)
 
@@ -497,7 +682,29 @@ class LocustSession:
             anchor["monotonic_ns"] + (lv["plan"]["t0_wall_ns"] - anchor["wall_ns"])
         if t0 is not None:
             client["anchor"], client["t0_offset_ns"] = anchor, int(t0) - int(anchor["monotonic_ns"])
+        if self.role == "master":
+            client.update(self._distributed_block(lv, dones))
+        else:
+            client["t0_skew_ms"] = 0.0  # one process: one clock, one start
         return client
+
+    def _distributed_block(self, lv: dict, dones: list[dict]) -> dict:
+        """Clock agreement and start spread (``t0_skew_ms``), record collection and lost workers."""
+        out: dict[str, Any] = {}
+        starts = {d["client_id"]: (d["stripe"], int(d["t0_start_wall_ns"])) for d in dones
+                  if d.get("client_id") and d.get("t0_start_wall_ns")}
+        check = lv.get("clock") or lclock.ClockCheck()
+        clock = check.report(starts, lv["plan"]["t0_wall_ns"])
+        out["clock"] = clock
+        out["t0_skew_ms"] = clock["t0_skew_ms"]
+        for stripe in clock["offset_beyond_tolerance"]:
+            log.warning("loadgen: worker %d: wall clock off by more than %g ms from the master's (or not measured); "
+                        "its t0 was corrected by the measured offset, see summary client.clock", stripe,
+                        clock["tolerance_ms"])
+        collector = lv["collector"]
+        out["records_collected"] = {str(k): v for k, v in sorted(collector.lines.items())}
+        out["lost_workers"] = sorted(lv["lost"].values(), key=lambda r: r["stripe"])
+        return out
 
     def _finalize(self, lv: dict) -> None:
         """The pipeline's finish (``loadgen.level.finish``), with the summary from every records file when the
@@ -516,9 +723,15 @@ class LocustSession:
         dones = list(lv["dones"].values())
         run_end = max(d["outcome"]["issue_end_ns"] for d in dones) if dones else None
         settle_config(run_dir, ctx, lv["config"], run_end, self._client(lv, dones))
-        files = [Path(d["records"]) for d in dones]
-        readable = len(dones) == lv["plan"]["n"] and all(lreport.count_lines(f) >= d["written"]
-                                                          for f, d in zip(files, dones, strict=True))
+        collector = lv.get("collector")
+        if collector is not None:  # master: the records the workers shipped here; a lost worker's recovered part
+            files = [collector.path(k) for k in sorted(lv["plan"]["stripes"].values())]
+            readable = len(dones) + len(lv["lost"]) == lv["plan"]["n"] and \
+                all(collector.complete(d["stripe"], d["written"]) for d in dones)
+        else:
+            files = [Path(d["records"]) for d in dones]
+            readable = len(dones) == lv["plan"]["n"] and all(lreport.count_lines(f) >= d["written"]
+                                                              for f, d in zip(files, dones, strict=True))
         if readable:
             summary = lreport.exact_summary(files, ctx)
         else:
@@ -538,8 +751,18 @@ class LocustSession:
         render_report([summary], console, title=f"loadgen (Locust) {ctx.name}", show_legend=False)
         how = "exact, from every records file" if readable else \
             "from the merged histograms; copy the workers' records.w*.jsonl here and run `loadgen report`"
+        if lv.get("lost"):
+            how += "; lost worker(s): " + ", ".join(f"{r['stripe']} ({r['records_recovered']} records recovered)"
+                                                   for r in sorted(lv["lost"].values(), key=lambda r: r["stripe"]))
+        if self.role == "master":
+            clock = summary.get("client", {}).get("clock", {})
+            console.print(f"workers' start vs t0: t0_skew_ms {clock.get('t0_skew_ms')} (spread "
+                          f"{clock.get('t0_spread_ms')} ms); clock offsets ms: "
+                          + ", ".join(f"w{w['stripe']} {w['offset_ms']}" for w in clock.get("workers", [])))
         console.print(f"run directory: {run_dir} (summary {how}; what happened during the run: "
                       f"{run_dir / 'report.html'})")
+        if lv.get("lost"):
+            self.environment.process_exit_code = LOST_WORKER_EXIT
         failed = no_success(run_dir, summary)  # nothing succeeded: exit 3 with the likely cause
         if failed is not None:
             raise TargetError(failed)

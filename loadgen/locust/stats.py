@@ -26,6 +26,7 @@ from loadgen.core.metrics import REQUEST_METRICS_BY_NAME, request_times, token_c
 from loadgen.core.records import (
     ERROR_KINDS,
     STATUS_CANCELLED,
+    STATUS_CANCELLED_BY_CLIENT,
     STATUS_DROPPED,
     STATUS_ERROR,
     STATUS_OK,
@@ -41,9 +42,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "schedule_lag": ("schedule lag", "ms"),
     "output_tokens": ("output tokens/request", "tokens"),
 }
-HISTS = (*METRICS, "ttft_sched", "e2e_sched")  # the last two feed the summary only (latency from schedule)
+# the last four feed the summary only: latency from the schedule, reasoning models' TTFRT and TTFAT
+HISTS = (*METRICS, "ttft_sched", "e2e_sched", "ttfrt", "ttfat")
 COUNTERS = ("records", "measured", "issued", "completed", "errors", "dropped", "cancelled", "late", "short",
-            "output_tokens", "input_tokens", "requested_tokens", "busy_ns", "server_counts", "token_mismatches", "good", "good_sched")
+            "output_tokens", "input_tokens", "requested_tokens", "busy_ns", "server_counts", "token_mismatches",
+            "good", "good_sched", "cancelled_by_client", "reasoning_tokens", "input_mismatches", "excluded_warmup",
+            "excluded_cooldown")
 PCTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 PCT_KEYS = ("p50", "p90", "p95", "p99", "p999")
 WINDOW_S = 10.0  # "current" values: the deltas of the last this many seconds
@@ -55,6 +59,8 @@ FLUSH_CHUNKS = 4096  # bulk-record pending values in slices this small: no long 
 _TTFT = REQUEST_METRICS_BY_NAME["ttft"].of_times
 _TPOT = REQUEST_METRICS_BY_NAME["tpot"].of_times
 _E2E = REQUEST_METRICS_BY_NAME["e2e"].of_times
+_TTFRT = REQUEST_METRICS_BY_NAME["ttfrt"].of_times
+_TTFAT = REQUEST_METRICS_BY_NAME["ttfat"].of_times
 
 
 def new_histogram(name: str) -> LogHistogram:
@@ -81,6 +87,11 @@ class MeasureWindow:
     def measured(self, rec: RequestRecord) -> bool:
         s = rec.scheduled_ns
         return rec.index >= self.warmup_requests and s >= self.warm_ns and s <= self.sched_end_ns
+
+    def excluded_as(self, rec: RequestRecord) -> str:
+        """Why a record that is not measured is left out (the summary's ``excluded_*`` counters)."""
+        return "excluded_warmup" if rec.index < self.warmup_requests or rec.scheduled_ns < self.warm_ns \
+            else "excluded_cooldown"
 
     def to_dict(self) -> dict[str, Any]:
         return {"warmup_requests": self.warmup_requests, "warm_ns": self.warm_ns,
@@ -112,6 +123,7 @@ class NodeStats:
         c = self.counts
         c["records"] += 1
         if not self.window.measured(rec):
+            c[self.window.excluded_as(rec)] += 1
             return
         c["measured"] += 1
         s = rec.scheduled_ns
@@ -142,6 +154,8 @@ class NodeStats:
             self.errors[rec.error_kind or "unknown"] += 1
             return
         if rec.status != STATUS_OK:
+            if rec.status == STATUS_CANCELLED_BY_CLIENT:  # --cancel-rate: counted, not a latency sample
+                c["cancelled_by_client"] += 1
             return
         c["completed"] += 1
         ttft, tpot, e2e = _TTFT(times), _TPOT(times), _E2E(times)
@@ -153,6 +167,13 @@ class NodeStats:
         if e2e is not None:
             pend["e2e"].append(e2e)
             pend["e2e_sched"].append(e2e + lag)
+        ttfrt, ttfat = _TTFRT(times), _TTFAT(times)
+        if ttfrt is not None:  # a reasoning model's stream (the summary's rule: completed requests only)
+            pend["ttfrt"].append(ttfrt)
+            if ttfat is not None:
+                pend["ttfat"].append(ttfat)
+        if rec.reasoning_tokens:
+            c["reasoning_tokens"] += rec.reasoning_tokens
         offsets, tokens = token_chunks(rec)
         if len(offsets) > 1:  # the per-token ITL values are computed in bulk at the hand-over (take)
             self.itl_starts.append(len(self.itl_offsets))
@@ -178,6 +199,8 @@ class NodeStats:
             c["server_counts"] += 1
             if rec.server_output_tokens != rec.client_output_tokens:
                 c["token_mismatches"] += 1
+        if rec.server_input_tokens is not None and rec.server_input_tokens != rec.input_tokens:
+            c["input_mismatches"] += 1
 
     def _meets(self, ttft: float | None, tpot: float | None, itl_max: float | None, e2e: float | None) -> int:
         """The goodput rule of ``loadgen.core.slo.slo_mask`` for one request (values in ns)."""

@@ -37,11 +37,13 @@ from loadgen.core.records import (
     RequestRecord,
 )
 from loadgen.transport.common import (
+    cancelled_by_client,
     finish_grpc_stream,
     finish_http_stream,
     http_target,
     response_limit,
     too_large_error,
+    wait_limit,
 )
 
 _now = time.perf_counter_ns
@@ -223,8 +225,14 @@ class GeventHttpTransport:
         payload = self._request("POST", path, body)
         ex = _Exchange(response_limit(rec, self.max_response_bytes))
 
+        # --cancel-rate: this request is abandoned cancel_after_s after its issue (started when it is sent); the
+        # exchange then ends unfinished, so its socket is closed and the server sees the client go.
+        cancel = gevent.Timeout(rec.cancel_after_s) if rec.cancel_after_s is not None else None
+
         def issued() -> None:
             rec.issued_ns = _now() - t0
+            if cancel is not None:
+                cancel.start()
 
         timeout = gevent.Timeout(self.request_timeout_s) if self.request_timeout_s else None
         try:
@@ -232,6 +240,10 @@ class GeventHttpTransport:
                 timeout.start()
             self._exchange(payload, ex, issued)
         except gevent.Timeout as err:
+            if err is cancel:
+                self._settle(rec, ex, parser, t0)
+                cancelled_by_client(rec)
+                return
             if err is not timeout:
                 raise
             rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
@@ -252,6 +264,8 @@ class GeventHttpTransport:
         finally:
             if timeout is not None:
                 timeout.close()
+            if cancel is not None:
+                cancel.close()
         self._settle(rec, ex, parser, t0)
 
     @staticmethod
@@ -397,6 +411,9 @@ class GeventGrpcTransport:
                t0: int) -> None:
         from loadgen.transport.grpc import build_request
 
+        if rec.cancel_after_s is not None:
+            self._stream_alone(model, tensors, rec, parser, t0)
+            return
         self._next_id += 1
         rid = f"{rec.index}-{self._next_id}"
         p = _Pending(response_limit(rec, self.max_response_bytes))
@@ -416,8 +433,75 @@ class GeventGrpcTransport:
             raise
         self._finish(rec, rid, p, parser, t0)
 
+    def _stream_alone(self, model: str, tensors: list[Tensor], rec: RequestRecord, parser: GrpcStreamParser,
+                      t0: int) -> None:
+        """A request the client abandons after ``rec.cancel_after_s`` (``--cancel-rate``), on a stream of its own
+        (cancelling the shared one would end every request on it): at the deadline the stream is cancelled, which
+        is how Triton learns that the client went, and the record says ``cancelled_by_client``."""
+        from loadgen.transport.grpc import build_request
+
+        self._next_id += 1
+        rid = f"{rec.index}-{self._next_id}"
+        p = _Pending(response_limit(rec, self.max_response_bytes))
+        queue: gevent.queue.Queue = gevent.queue.Queue()
+        queue.put(build_request(model, rid, tensors))
+        call = self.stub.ModelStreamInfer(self._requests(queue))
+        reader = gevent.spawn(_read_alone, call, p)
+        wait, by_client = wait_limit(self.request_timeout_s, rec.cancel_after_s)
+        rec.issued_ns = _now() - t0
+        try:
+            if not p.done.wait(wait):
+                call.cancel()
+                if by_client:
+                    self._finish(rec, rid, p, parser, t0)
+                    cancelled_by_client(rec)
+                    rec.end_ns = _now() - t0  # when the client gave up, not its last response
+                    return
+                rec.status, rec.error_kind = STATUS_ERROR, ERR_TIMEOUT
+                rec.error = f"no complete response within {self.request_timeout_s} s (--request-timeout)"
+        except gevent.GreenletExit:
+            call.cancel()
+            self._finish(rec, rid, p, parser, t0)
+            rec.status, rec.error_kind = STATUS_CANCELLED, None
+            raise
+        finally:
+            queue.put(None)
+            call.cancel()
+            reader.kill(block=False)
+        self._finish(rec, rid, p, parser, t0)
+
     def _finish(self, rec: RequestRecord, rid: str, p: _Pending, parser: GrpcStreamParser, t0: int) -> None:
         self._pending.pop(rid, None)
         if p.too_large and rec.status != STATUS_ERROR:
             rec.status, rec.error_kind, rec.error = STATUS_ERROR, ERR_TOO_LARGE, too_large_error(p.limit)
         finish_grpc_stream(rec, parser, p.times, p.responses, p.error, p.completed, t0, _now())
+
+
+def _read_alone(call: Any, p: _Pending) -> None:
+    """The reader of a stream that carries one request (``_stream_alone``): stamps its responses into ``p``."""
+    import grpc
+
+    try:
+        for resp in call:
+            t = _now()
+            p.size += resp.ByteSize()
+            if p.size > p.limit:
+                p.too_large = True
+                break
+            p.times.append(t)
+            if resp.error_message:
+                p.error, p.completed = resp.error_message, True
+                break
+            p.responses.append(resp.infer_response)
+            params = resp.infer_response.parameters
+            if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                p.completed = True
+                break
+        else:
+            p.error = p.error or "stream ended: the server closed the stream"
+    except grpc.RpcError as err:
+        p.error = p.error or f"stream ended: {err.code().name}: {err.details()}"
+    except gevent.GreenletExit:
+        pass
+    finally:
+        p.done.set()

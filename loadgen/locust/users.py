@@ -51,7 +51,8 @@ class ClosedLoopUser(LLMUser):
 
     def on_start(self) -> None:
         session = session_of(self.environment)
-        self._rng = np.random.Generator(np.random.PCG64([session.seed, session.next_user_number()]))
+        self._user = session.next_user_number()
+        self._rng = np.random.Generator(np.random.PCG64([session.seed, self._user]))
 
     def wait_time(self) -> float:
         session = session_of(self.environment)
@@ -64,4 +65,4 @@ class ClosedLoopUser(LLMUser):
 
     @task
     def request(self) -> None:
-        session_of(self.environment).closed_loop_request()
+        session_of(self.environment).closed_loop_request(self._user)
