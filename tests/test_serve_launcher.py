@@ -237,6 +237,22 @@ def test_port_race_retry_and_clean_shutdown(server_factory, monkeypatch: pytest.
     assert _wait_gone(tree, 1.0) == []
     assert not workdir.exists()
     assert not [r for r in regions if Path("/dev/shm", r).exists()]
+
+
+def test_stop_ends_the_server_once_every_model_is_unloaded(server_factory) -> None:
+    """Triton takes about 3 s to exit after SIGTERM (it re-checks once a second) while the graceful part is soon
+    over: stop() kills it by its pid only after the log says each loaded model was unloaded and its stubs left,
+    so nothing is skipped (no stub, no shared-memory region left behind)."""
+    server = server_factory(replicas=1, max_batch=8, keep_workdir=True)
+    tree = server.process_tree()
+    regions = _shm_regions(tree, server.shm_prefix)
+    server.stop()
+    log = server.log_path.read_text()
+    for model in ("ensemble", "ensemble_infer"):
+        assert f"successfully unloaded '{model}'" in log
+    assert server.returncode == -signal.SIGKILL  # stopped at that point, not after Triton's own exit
+    assert _wait_gone(tree, 1.0) == [] and not [r for r in regions if Path("/dev/shm", r).exists()]
+    shutil.rmtree(server.workdir, ignore_errors=True)
     assert server.leftover_shm() == []  # the failed first attempt's region too
     server.stop()  # idempotent
 

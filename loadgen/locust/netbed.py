@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from loadgen.serve.launcher import pid_alive
+
 PREFIX = "lgbed"
 _NAME = re.compile(rf"^{PREFIX}(\d+)x([0-9a-f]+)-")
 _CLONE_NEWNET = 0x40000000
@@ -55,16 +57,6 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def list_netns() -> list[str]:
     out = _ip("netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -75,7 +67,7 @@ def remove_stale() -> list[str]:
     removed = []
     for name in list_netns():
         m = _NAME.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             if _ip("netns", "del", name, check=False).returncode == 0:
                 removed.append(name)
     return removed
