@@ -407,7 +407,7 @@ def test_search_against_the_embedded_server(tmp_path):
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "loadgen", "search", "--server-model", "opt-125m", "--server-max-batch", "8",
            "--input-tokens", "32", "--output-tokens", "16", "--fail-on", "ttft_p90<300ms,error_rate<1%",
-           "--duration", "3", "--start-rate", "8", "--growth", "4", "--max-rate", "512", "--budget", "20s",
+           "--duration", "3", "--start-rate", "8", "--growth", "4", "--max-rate", "512", "--budget", "14s",
            "--precision", "50%",
            "--out", str(out)]  # short: the suite's time
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
