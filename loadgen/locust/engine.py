@@ -20,11 +20,14 @@ CPU affinity, so ``taskset -c 0 locust ...`` keeps both on one core.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,14 @@ import orjson
 
 from loadgen.core.records import RequestRecord
 from loadgen.errors import LoadgenError
+from loadgen.locust.args import LocustLevel
+from loadgen.locust.dispatch import DispatchOutcome
 
+log = logging.getLogger("loadgen.locust")
 ENGINES = ("gevent", "asyncio")
+LOCAL_LEAD_NS = 50_000_000  # a local runner's t0 this far after its node is ready
+TAIL_SLICE = 32  # --engine asyncio: records folded into the statistics between two pauses (about 1 ms of work)
+TAIL_PAUSE_S = 0.001
 
 
 class EngineFailed(LoadgenError):
@@ -180,3 +189,55 @@ class ChildRecords:
 
     def describe_error(self) -> str | None:
         return None
+
+
+class EngineNode:
+    """A node's ``--engine asyncio`` path, a mixin of ``loadgen.locust.session.LocustSession``: start the child,
+    fold its records into this process's statistics in small slices, and finish the node with its outcome."""
+
+    environment: Any
+    role: str
+
+    def _start_engine(self, lv: dict, level: LocustLevel, url: str, path: Path) -> None:
+        """``--engine asyncio``: the stripe goes out from the asyncio runner's worker process (``engine.py``);
+        this process tails its records file into the statistics (and, on a worker, ships it)."""
+        lv["recorder"].close()  # the child writes the records: records.w<K>.jsonl beside where ours would be
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        eng = AsyncioStripe(level.scenario.model_dump(), url, path.parent, lv["stripe"], lv["n"])
+        lv.update(recorder=ChildRecords(), records=eng.records, tail=RecordTail(eng.records), engine=eng)
+        lv["lag_monitor"].kill(block=False)  # the child measures its own loop lag; no 10 ms wake-ups beside it
+        if lv.get("shipper") is not None:
+            lv["shipper"].path = eng.records
+        lv["dispatch_greenlet"] = gevent.spawn(self._run_engine, lv)
+
+    def _run_engine(self, lv: dict) -> None:
+        eng = lv["engine"]
+        try:
+            eng.start()
+            if self.role == "local":  # the child has probed and built its stripe: start now
+                lv["t0"] = time.perf_counter_ns() + LOCAL_LEAD_NS
+            elif time.perf_counter_ns() > lv["t0"]:
+                log.warning("loadgen: the asyncio engine was ready %.0f ms after t0 (raise the lead)",
+                            (time.perf_counter_ns() - lv["t0"]) / 1e6)
+            eng.go(lv["t0"])
+            outcome, client = eng.wait_done()
+        except EngineFailed as err:
+            log.error("loadgen: %s", err)
+            self.environment.process_exit_code = err.exit_code
+            eng.stop()
+            eng.close()
+            outcome, client = asdict(self._closed_outcome(lv, interrupted=True)), {}
+        for rec in lv["tail"].read(None):
+            self._on_record(rec)
+        lv["engine_client"] = client
+        self._node_finished(lv, DispatchOutcome(**outcome))
+
+    def _take_tail(self, lv: dict) -> None:
+        """The child's new records, in slices of ``TAIL_SLICE`` with a short sleep between them: this process
+        shares the child's core, and one long burst of bookkeeping would hold the core past the child's next
+        deadlines (the scheduler runs the child while this process sleeps)."""
+        for k, rec in enumerate(lv["tail"].read(), 1):
+            self._on_record(rec)
+            if k % TAIL_SLICE == 0:
+                gevent.sleep(TAIL_PAUSE_S)

@@ -43,7 +43,8 @@ def _session(environment: Any) -> Any:
 def _on_init(environment: Any, **_: Any) -> None:
     from loadgen.locust.clock import PING, PONG
     from loadgen.locust.collect import RECORDS, RECORDS_ACK
-    from loadgen.locust.session import DONE_MESSAGE, STOP_MESSAGE, LocustSession
+    from loadgen.locust.master import STOP_MESSAGE
+    from loadgen.locust.session import DONE_MESSAGE, LocustSession
 
     session = LocustSession(environment)
     environment.loadgen_session = session

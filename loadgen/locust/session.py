@@ -18,6 +18,10 @@ t0 on its own clock (``loadgen.locust.clock``; ``t0_skew_ms`` in the summary). W
 spool on their own disk and ship them to the master's run directory as they go (``loadgen.locust.collect``), send
 histogram deltas with Locust's stats reports and a last delta with a ``loadgen_done`` message; the master ends the
 test when every stripe is done or lost (no heartbeat: reported with the records recovered).
+
+``LocustSession`` keeps the level's lifecycle; what only a master does (clocks, collection, lost workers, the
+distributed client block) is ``loadgen.locust.master.MasterSide``, what only a worker does is
+``loadgen.locust.worker.WorkerSide``, and the ``--engine asyncio`` node is ``loadgen.locust.engine.EngineNode``.
 """
 
 from __future__ import annotations
@@ -44,28 +48,24 @@ from loadgen.locust.args import (
     LocustLevel,
     class_for_file,
     file_choice,
-    level_from_wire,
     level_to_wire,
     scenario_from_options,
 )
-from loadgen.locust.collect import RECORDS_ACK, RecordCollector, RecordShipper, drop_spool
+from loadgen.locust.collect import RecordCollector, RecordShipper
 from loadgen.locust.dispatch import DispatchOutcome, OpenLoopDispatcher, run_request, sleep_until
-from loadgen.locust.level import client_block, locust_context
+from loadgen.locust.engine import LOCAL_LEAD_NS, EngineNode
+from loadgen.locust.level import locust_context
+from loadgen.locust.master import MasterSide
 from loadgen.locust.sessions import SessionDispatcher, is_sessions, run_session
 from loadgen.locust.stats import LLMStats, MeasureWindow, NodeStats
+from loadgen.locust.worker import WorkerSide
 from loadgen.scenario.model import Scenario
 
 log = logging.getLogger("loadgen.locust")
 DONE_MESSAGE = "loadgen_done"
-STOP_MESSAGE = "loadgen_stop"
 DISTRIBUTED_LEAD_S = 2.0  # t0 this far after planning: spawn messages, schedule and probe on every worker
-LOCAL_LEAD_NS = 50_000_000
 ENGINE_EXTRA_LEAD_S = 3.0  # --engine asyncio: the child's start (interpreter, probe, schedule) before t0
-FINAL_WAIT_S = 30.0  # the master waits this long for the workers' last messages when a run is cut short
-CLOCK_WAIT_S = 0.25  # the master waits this long for each round of clock answers
 LOST_WORKER_EXIT = 5  # a worker lost mid-run: the exit code of `loadgen run --workers` when a worker dies
-TAIL_SLICE = 32  # --engine asyncio: records folded into the statistics between two pauses (about 1 ms of work)
-TAIL_PAUSE_S = 0.001
 SHIP_EVERY = 4  # a worker ships its new records every this many flushes (about once a second)
 
 
@@ -80,7 +80,7 @@ def session_of(environment: Any) -> LocustSession:
     return session
 
 
-class LocustSession:
+class LocustSession(MasterSide, WorkerSide, EngineNode):
     def __init__(self, environment: Any) -> None:
         from locust.runners import MasterRunner, WorkerRunner
 
@@ -274,24 +274,6 @@ class LocustSession:
         if self.server_metrics is not None:
             self.server_metrics.stop()
 
-    def _start_worker(self) -> None:
-        plan = getattr(self.options, "loadgen_plan", None)
-        runner = self.environment.runner
-        if not plan:
-            log.warning("loadgen: no plan from the master (it could not start the level; see its log)")
-            return
-        stripe = plan["stripes"].get(runner.client_id)
-        if stripe is None:
-            log.warning("loadgen: this worker joined after the level was planned; it sends nothing this level")
-            return
-        from loadgen.level.plan import plan_level
-
-        level = level_from_wire(plan["level"], self.options)  # exactly the master's scenario: the same schedule
-        self.seed, self.think_time_s, self.think_dist = level.scenario.load.seed, level.think_time_s, level.think_dist
-        self.run_dir = Path(plan["run_dir"])
-        self._level = {"level": level, "plan": plan, "dones": {}, "finalized": False, "ending": False}
-        self._start_node(plan, stripe, level, plan_level(level.scenario), None)
-
     # -- a node: the local runner or a worker --------------------------------------------------------------
     def _start_node(self, plan: dict, stripe: int, level: LocustLevel, level_plan: Any, backend: Any) -> None:
         from loadgen.core.arrivals import offsets_for_stripe, user_start_offsets
@@ -346,59 +328,6 @@ class LocustSession:
             late_tolerance_ns=int(sc.load.late_tolerance * 1e9), concurrency=cap,
             drain_timeout_s=sc.limits.drain_timeout, worker=stripe)
         lv["dispatch_greenlet"] = gevent.spawn(self._dispatch, lv)
-
-    def _start_engine(self, lv: dict, level: LocustLevel, url: str, path: Path) -> None:
-        """``--engine asyncio``: the stripe goes out from the asyncio runner's worker process (``engine.py``);
-        this process tails its records file into the statistics (and, on a worker, ships it)."""
-        from loadgen.locust.engine import AsyncioStripe, ChildRecords, RecordTail
-
-        lv["recorder"].close()  # the child writes the records: records.w<K>.jsonl beside where ours would be
-        if path.is_file() and path.stat().st_size == 0:
-            path.unlink()
-        eng = AsyncioStripe(level.scenario.model_dump(), url, path.parent, lv["stripe"], lv["n"])
-        lv.update(recorder=ChildRecords(), records=eng.records, tail=RecordTail(eng.records), engine=eng)
-        lv["lag_monitor"].kill(block=False)  # the child measures its own loop lag; no 10 ms wake-ups beside it
-        if lv.get("shipper") is not None:
-            lv["shipper"].path = eng.records
-        lv["dispatch_greenlet"] = gevent.spawn(self._run_engine, lv)
-
-    def _run_engine(self, lv: dict) -> None:
-        from loadgen.locust.engine import EngineFailed
-
-        eng = lv["engine"]
-        try:
-            eng.start()
-            if self.role == "local":  # the child has probed and built its stripe: start now
-                lv["t0"] = time.perf_counter_ns() + LOCAL_LEAD_NS
-            elif time.perf_counter_ns() > lv["t0"]:
-                log.warning("loadgen: the asyncio engine was ready %.0f ms after t0 (raise the lead)",
-                            (time.perf_counter_ns() - lv["t0"]) / 1e6)
-            eng.go(lv["t0"])
-            outcome, client = eng.wait_done()
-        except EngineFailed as err:
-            log.error("loadgen: %s", err)
-            self.environment.process_exit_code = err.exit_code
-            eng.stop()
-            eng.close()
-            outcome, client = asdict(self._closed_outcome(lv, interrupted=True)), {}
-        for rec in lv["tail"].read(None):
-            self._on_record(rec)
-        lv["engine_client"] = client
-        self._node_finished(lv, DispatchOutcome(**outcome))
-
-    @staticmethod
-    def _spool(run_dir: Path, stripe: int) -> Path:
-        """A worker's own records file, on its own disk (shipped to the master's run directory as it grows)."""
-        import tempfile
-
-        spool = Path(tempfile.gettempdir()) / "loadgen-worker-spool" / run_dir.name
-        spool.mkdir(parents=True, exist_ok=True)
-        return spool / f"records.w{stripe}.jsonl"
-
-    def _t0_watch(self, lv: dict) -> None:
-        """When this worker actually reached t0, on its wall clock: the master's start-spread check."""
-        sleep_until(lv["t0"])
-        lv["t0_start_wall_ns"] = lclock.wall_ns()
 
     def _dispatch(self, lv: dict) -> None:
         outcome = lv["dispatcher"].run()
@@ -484,15 +413,6 @@ class LocustSession:
                 gevent.spawn(self.stop_node)
                 return
 
-    def _take_tail(self, lv: dict) -> None:
-        """The child's new records, in slices of ``TAIL_SLICE`` with a short sleep between them: this process
-        shares the child's core, and one long burst of bookkeeping would hold the core past the child's next
-        deadlines (the scheduler runs the child while this process sleeps)."""
-        for k, rec in enumerate(lv["tail"].read(), 1):
-            self._on_record(rec)
-            if k % TAIL_SLICE == 0:
-                gevent.sleep(TAIL_PAUSE_S)
-
     def _hub_lag_loop(self, lv: dict) -> None:
         """How late the gevent hub wakes a 10 ms sleeper: the event-loop lag of this generator process."""
         while not lv["node_done"]:
@@ -552,74 +472,6 @@ class LocustSession:
             self._node_finished(lv, self._closed_outcome(lv, interrupted=True))
 
     # -- the master / local side ---------------------------------------------------------------------------
-    def _sync_clocks(self, nodes: list[str]) -> lclock.ClockCheck:
-        """A few NTP-style exchanges with every worker before t0 is chosen (``loadgen.locust.clock``)."""
-        check = lclock.ClockCheck(float(getattr(self.options, "clock_tolerance_ms", lclock.TOLERANCE_MS)))
-        self._clock = check
-        runner = self.environment.runner
-        for r in range(lclock.ROUNDS):
-            for node in nodes:
-                runner.send_message(lclock.PING, {"t1": lclock.wall_ns(), "seq": r}, client_id=node)
-            end = time.monotonic() + CLOCK_WAIT_S
-            while time.monotonic() < end and any(len(check.exchanges.get(n, ())) <= r for n in nodes):
-                gevent.sleep(0.002)
-        missing = [n for n in nodes if not check.exchanges.get(n)]
-        if missing:
-            log.warning("loadgen: no clock answer from %s: their t0 rests on their wall clocks, unchecked",
-                        ", ".join(missing))
-        return check
-
-    def on_clock_pong(self, client_id: str, data: dict) -> None:
-        t4 = lclock.wall_ns()
-        check = getattr(self, "_clock", None)
-        if check is not None:
-            check.add(client_id, data, t4)
-
-    def on_records_ack(self) -> None:
-        """Worker: the master has every record of this stripe: the spool file is not needed any more."""
-        lv = self._level
-        if lv is not None and lv.get("shipper") is not None and lv.get("node_done"):
-            drop_spool(Path(lv["records"]))
-
-    def on_records(self, data: dict) -> None:
-        lv = self._level
-        if lv is not None and lv.get("collector") is not None and not lv["finalized"]:
-            lv["collector"].receive(data)
-
-    def _watch_workers(self, lv: dict) -> None:
-        """A worker that Locust marks missing (no heartbeat) or that left without its last message is lost: it is
-        reported with the records that reached the master, and the level ends without waiting for it."""
-        from locust.runners import STATE_MISSING
-
-        runner = self.environment.runner
-        while not lv["finalized"]:
-            gevent.sleep(0.5)
-            for cid, stripe in lv["plan"]["stripes"].items():
-                if stripe in lv["dones"] or stripe in lv["lost"]:
-                    continue
-                node = runner.clients.get(cid)
-                if node is None or node.state == STATE_MISSING:
-                    recovered = lv["collector"].lines.get(stripe, 0)
-                    lv["lost"][stripe] = {"stripe": stripe, "client_id": cid, "records_recovered": recovered}
-                    log.warning("loadgen: worker %d (%s) was lost mid-run; %d of its records reached the master",
-                                stripe, cid, recovered)
-            if lv["lost"] and len(lv["dones"]) + len(lv["lost"]) >= lv["plan"]["n"] and not lv.get("stopping"):
-                self._end_test()
-                return
-
-    def on_done_message(self, done: dict) -> None:
-        lv = self._level
-        if lv is None or lv["finalized"]:
-            return
-        lv["dones"][done["stripe"]] = done
-        lv.get("lost", {}).pop(done["stripe"], None)  # reported late, but reported: not lost
-        collector = lv.get("collector")
-        if collector is not None and done.get("client_id") and collector.complete(done["stripe"], done["written"]):
-            self.environment.runner.send_message(RECORDS_ACK, {"stripe": done["stripe"]}, client_id=done["client_id"])
-        self.stats.merge(done.get("delta"))
-        if len(lv["dones"]) + len(lv.get("lost", {})) >= lv["plan"]["n"] and not lv.get("stopping"):
-            self._end_test()
-
     def _end_test(self) -> None:
         """Every stripe is done (or the level failed): stop Locust the way --run-time would."""
         lv = self._level
@@ -658,53 +510,6 @@ class LocustSession:
         except LoadgenError as err:
             log.error("loadgen: %s", err)
             self.environment.process_exit_code = err.exit_code
-
-    def _wait_for_workers(self, lv: dict) -> None:
-        end = time.monotonic() + FINAL_WAIT_S
-        while len(lv["dones"]) + len(lv["lost"]) < lv["plan"]["n"] and time.monotonic() < end:
-            if not lv["stop_sent"]:
-                lv["stop_sent"] = True
-                self.environment.runner.send_message(STOP_MESSAGE, {})
-            gevent.sleep(0.1)
-        missing = lv["plan"]["n"] - len(lv["dones"]) - len(lv["lost"])
-        if missing:
-            log.warning("loadgen: %d worker(s) sent no final message; their last stats are missing", missing)
-
-    def _client(self, lv: dict, dones: list[dict]) -> dict:
-        """The summary's client block, with the clock anchor that puts server metrics and power on the records'
-        time axis: t0 on this process's monotonic clock (a local runner's own; the master's from the planned
-        wall-clock t0)."""
-        from loadgen.core.clock import wall_anchor
-
-        client = client_block(dones, lv["plan"]["n"])
-        anchor = wall_anchor()
-        t0 = lv.get("t0") if self.role == "local" else \
-            anchor["monotonic_ns"] + (lv["plan"]["t0_wall_ns"] - anchor["wall_ns"])
-        if t0 is not None:
-            client["anchor"], client["t0_offset_ns"] = anchor, int(t0) - int(anchor["monotonic_ns"])
-        if self.role == "master":
-            client.update(self._distributed_block(lv, dones))
-        else:
-            client["t0_skew_ms"] = 0.0  # one process: one clock, one start
-        return client
-
-    def _distributed_block(self, lv: dict, dones: list[dict]) -> dict:
-        """Clock agreement and start spread (``t0_skew_ms``), record collection and lost workers."""
-        out: dict[str, Any] = {}
-        starts = {d["client_id"]: (d["stripe"], int(d["t0_start_wall_ns"])) for d in dones
-                  if d.get("client_id") and d.get("t0_start_wall_ns")}
-        check = lv.get("clock") or lclock.ClockCheck()
-        clock = check.report(starts, lv["plan"]["t0_wall_ns"])
-        out["clock"] = clock
-        out["t0_skew_ms"] = clock["t0_skew_ms"]
-        for stripe in clock["offset_beyond_tolerance"]:
-            log.warning("loadgen: worker %d: wall clock off by more than %g ms from the master's (or not measured); "
-                        "its t0 was corrected by the measured offset, see summary client.clock", stripe,
-                        clock["tolerance_ms"])
-        collector = lv["collector"]
-        out["records_collected"] = {str(k): v for k, v in sorted(collector.lines.items())}
-        out["lost_workers"] = sorted(lv["lost"].values(), key=lambda r: r["stripe"])
-        return out
 
     def _finalize(self, lv: dict) -> None:
         """The pipeline's finish (``loadgen.level.finish``), with the summary from every records file when the
