@@ -105,8 +105,8 @@ def test_sweep_search_against_two_embedded_configurations(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "loadgen", "sweep", "--search", "--server-model", "opt-125m",
            "--server-max-batch", "2,16", "--input-tokens", "32", "--output-tokens", "16",
-           "--fail-on", "ttft_p90<60ms", "--duration", "3", "--start-rate", "16", "--growth", "4", "--max-rate", "64",
-           "--budget", "12s", "--precision", "50%", "--power", "triton", "--idle-seconds", "0.5",
+           "--fail-on", "ttft_p90<60ms", "--duration", "2", "--start-rate", "16", "--growth", "4", "--max-rate", "64",
+           "--budget", "16s", "--precision", "50%", "--power", "triton", "--idle-seconds", "0.5",
            "--out", str(out)]  # short: the suite's time (about 30 s)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
