@@ -462,3 +462,27 @@ def test_the_html_block_goes_in_once() -> None:
     once = lreport.inject_html(page, block)
     assert once.index("loadgen-llm-metrics") < once.index("<script>") and "TTFT" in once and "too few" in once
     assert lreport.inject_html(once, block) == once
+
+
+def test_a_bug_inside_a_request_is_a_protocol_error_and_a_kill_goes_through():
+    """Locust's dispatch and session drivers send through ``send_guarded``: a codec or transport bug ends that
+    request as a protocol error with its text (the record is kept, the run goes on); a greenlet kill is not
+    swallowed."""
+    import gevent
+
+    from loadgen.core.records import RequestRecord
+    from loadgen.locust.dispatch import send_guarded
+
+    class Buggy:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def send(self, spec, rec, t0):
+            rec.issued_ns = 5
+            raise self.exc
+
+    rec = RequestRecord(index=3, scheduled_ns=0)
+    send_guarded(Buggy(KeyError("no such field")), None, rec, 0)
+    assert rec.status == "error" and rec.error_kind == "protocol" and "KeyError" in rec.error
+    with pytest.raises(gevent.GreenletExit):
+        send_guarded(Buggy(gevent.GreenletExit()), None, RequestRecord(index=4, scheduled_ns=0), 0)

@@ -97,14 +97,21 @@ def run_request(backend: Any, source: Any, index: int, scheduled_ns: int, t0: in
     rec = RequestRecord(index=index, scheduled_ns=scheduled_ns, input_tokens=spec.input_tokens,
                         max_tokens=spec.max_tokens, worker=worker)
     try:
-        backend.send(spec, rec, t0)
-    except (gevent.GreenletExit, KeyboardInterrupt):
-        raise
-    except Exception as err:  # a codec or transport bug must not lose the record or stop the run
-        fail_unexpected(rec, err, _now() - t0)
+        send_guarded(backend, spec, rec, t0)
     finally:
         on_done(rec)
     return rec
+
+
+def send_guarded(backend: Any, spec: Any, rec: RequestRecord, t0: int) -> None:
+    """``backend.send`` where a codec or transport bug ends the request as a protocol error
+    (``core.issue.fail_unexpected``) instead of losing the record or stopping the run; a kill goes through."""
+    try:
+        backend.send(spec, rec, t0)
+    except (gevent.GreenletExit, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - any bug inside one request
+        fail_unexpected(rec, err, _now() - t0)
 
 
 class OpenLoopDispatcher:

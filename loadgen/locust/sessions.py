@@ -22,10 +22,10 @@ import gevent.lock
 import numpy as np
 
 from loadgen.codecs.answers import keep_answers
-from loadgen.core.issue import IssueOutcome, abandon, fail_unexpected
+from loadgen.core.issue import IssueOutcome, abandon
 from loadgen.core.records import RequestRecord
 from loadgen.core.sessions import NOT_SENT_FAILED, NOT_SENT_STOPPED, SessionSetup
-from loadgen.locust.dispatch import sleep_until
+from loadgen.locust.dispatch import send_guarded, sleep_until
 
 _now = time.perf_counter_ns
 
@@ -55,11 +55,7 @@ def run_session(backend: Any, setup: SessionSetup, sid: int, start_ns: int, t0: 
             if on_issue is not None:
                 on_issue()
             try:
-                backend.send(spec, rec, t0)
-            except (gevent.GreenletExit, KeyboardInterrupt):
-                raise
-            except Exception as err:  # a codec or transport bug must not lose the record or stop the run
-                fail_unexpected(rec, err, _now() - t0)
+                send_guarded(backend, spec, rec, t0)
             finally:
                 ok = cur.finish(rec, _now() - t0)
                 on_done(rec)
