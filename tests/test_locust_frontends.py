@@ -4,13 +4,11 @@ one schedule into stripes whose union is the single-process run's schedule, and 
 give the percentiles of all the workers' records.
 
 Workload (measured on this 2-core machine, see benchmarks/LOCUST.md): Poisson 16 req/s, 320 requests, 1536-token
-prompts, 4 output tokens. At this load the emulated engine is mostly idle when a request arrives, so TTFT and E2E
-are set by the engine rather than by where an arrival falls in a busy engine's step. With 160 requests of 512
-tokens the p90s of two runs differed by up to 5 % from percentile sampling noise alone (one CI run failed at
-5.03 %); with this workload three runs gave TTFT/E2E p50 and p90 within 1 % of each other (256 requests were
-tried for the suite's time and refused: TTFT p90 came out 5.1 % apart in one CI run). The ``--processes 2`` run
-sends the first 160 requests of the same schedule: its checks (stripes, merged percentiles) compare indices and
-records, not two runs' percentiles, and the seeded schedule's gaps are the same in every run.
+prompts, 4 output tokens, with TensorRT-LLM perf fields on, so every record carries the server's own arrival,
+first-token and last-token times. The latency agreement is judged request by request against those (see
+``test_both_front_ends_measure_ttft_and_e2e_alike``). The ``--processes 2`` run sends the first 160 requests of
+the same schedule: its checks (stripes, merged percentiles) compare indices and records, and the seeded schedule's
+gaps are the same in every run.
 """
 
 from __future__ import annotations
@@ -112,11 +110,38 @@ def test_the_server_sees_the_same_arrival_process_from_both_front_ends(runs) -> 
         assert s["completed_requests"] == N and s["error_count"] == 0 and s["achieved_ratio"] > 0.95
 
 
-def test_ttft_and_e2e_percentiles_agree_within_5_percent(runs) -> None:
-    loc, asy = summary_of(runs["locust"]), summary_of(runs["asyncio"])
-    for key in ("ttft_ms", "e2e_ms"):
-        for stat in ("p50", "p90"):
-            assert loc[key][stat] == pytest.approx(asy[key][stat], rel=0.05), (key, stat, loc[key], asy[key])
+def client_minus_server_ms(records: list[dict], kind: str) -> np.ndarray:
+    """Per request, the client's TTFT (or E2E) minus the server's own (TensorRT-LLM perf fields: first or last
+    token time - arrival time): what the front end adds and how it measures, whatever the engine did."""
+    out = []
+    for r in records:
+        sp = r["server_perf"]
+        client_us = r["chunk_offsets_us"][0 if kind == "ttft" else -1]
+        server_ns = sp["first_token_time_ns" if kind == "ttft" else "last_token_time_ns"] - sp["arrival_time_ns"]
+        out.append(client_us / 1e3 - server_ns / 1e6)
+    return np.asarray(out)
+
+
+def test_both_front_ends_measure_ttft_and_e2e_alike(runs) -> None:
+    """The two front ends' TTFT and E2E, each request set against the server's own timestamps, agree within
+    1 ms at p50 and p90 (about 4 % of this workload's TTFT p90).
+
+    Comparing the two runs' percentiles directly (within 5 %) stopped being a test of the front ends once the
+    emulated engine priced a prefill step as it should (issue 16): at 16 req/s two requests' prefills now overlap
+    often enough that TTFT p90 is set by where arrivals fall against the engine's steps, and two runs of the same
+    schedule with the same front end differed by 1.5-3 % (two CI runs: 5.1 % and 6.3 % between the front ends).
+    The server's timestamps take the engine out: what is left is the client."""
+    loc, asy = records_of(runs["locust"]), records_of(runs["asyncio"])
+    for kind in ("ttft", "e2e"):
+        d_loc, d_asy = client_minus_server_ms(loc, kind), client_minus_server_ms(asy, kind)
+        assert d_loc.min() > 0 and d_asy.min() > 0, kind  # the client cannot see a token before the server sent it
+        for q in (50, 90):
+            a, b = np.percentile(d_loc, q), np.percentile(d_asy, q)
+            assert abs(a - b) < 1.0, (kind, q, round(a, 3), round(b, 3))
+    for name in ("locust", "asyncio"):  # the summaries report what the records hold
+        s, recs = summary_of(runs[name]), records_of(runs[name])
+        ttft = np.array([r["chunk_offsets_us"][0] / 1e3 for r in recs])
+        assert s["ttft_ms"]["p90"] == pytest.approx(np.percentile(ttft, 90), rel=1e-3)
 
 
 def test_two_processes_issue_the_stripes_of_the_one_schedule(runs) -> None:
