@@ -254,8 +254,8 @@ def run_loadgen(out: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
-    """``loadgen run --rate 8 --duration 12`` with no --url: the launcher starts the embedded server."""
-    return run_loadgen(tmp_path_factory.mktemp("real"), "--rate", "8", "--duration", "12", "--name", "html")
+    """``loadgen run --rate 8 --duration 8`` with no --url: the launcher starts the embedded server."""
+    return run_loadgen(tmp_path_factory.mktemp("real"), "--rate", "8", "--duration", "8", "--name", "html")
 
 
 def screenshot(html: Path, png: Path, height: int = 6000) -> np.ndarray:
@@ -297,7 +297,7 @@ def test_a_real_runs_page_is_self_contained(real_run: Path):
     assert ("VALID" if summary["valid"] else "INVALID") in page
     assert f"{summary['completed_requests']:,}" in page and "TTFT" in page and "<table" in page
     assert len(images(page)) == 4
-    assert summary["timeseries"]["windows"] >= 12 and (real_run / "timeseries.json").is_file()
+    assert summary["timeseries"]["windows"] >= 8 and (real_run / "timeseries.json").is_file()
     if (real_run / "server_metrics.jsonl").is_file():  # the server-metrics sampler's file, when it ran
         assert "server metrics" not in page
 
