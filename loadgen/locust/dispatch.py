@@ -103,6 +103,14 @@ def run_request(backend: Any, source: Any, index: int, scheduled_ns: int, t0: in
     return rec
 
 
+def drain(live: set, stop: Any, timeout_s: float) -> None:
+    """Wait until the greenlets in ``live`` (a set they remove themselves from) are done, ``stop`` is set, or
+    ``timeout_s`` has passed: a level's drain after issuing ended."""
+    end = time.monotonic() + timeout_s
+    while live and not stop.is_set() and time.monotonic() < end:
+        gevent.wait(list(live), timeout=min(0.2, max(0.0, end - time.monotonic())), count=1)
+
+
 def send_guarded(backend: Any, spec: Any, rec: RequestRecord, t0: int) -> None:
     """``backend.send`` where a codec or transport bug ends the request as a protocol error
     (``core.issue.fail_unexpected``) instead of losing the record or stopping the run; a kill goes through."""
@@ -208,9 +216,7 @@ class OpenLoopDispatcher:
         issue_end = _now() - t0
         interrupted = stop.is_set()
         if self._live and not interrupted:
-            end = time.monotonic() + self.drain_timeout_s
-            while self._live and not stop.is_set() and time.monotonic() < end:
-                gevent.wait(list(self._live), timeout=min(0.2, max(0.0, end - time.monotonic())), count=1)
+            drain(self._live, stop, self.drain_timeout_s)
         cancelled = len(self._live)
         if self._live:
             self._abandoning = not stop.is_set()  # the drain ended; a stop (Ctrl-C) cancels instead

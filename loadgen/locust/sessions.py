@@ -25,7 +25,7 @@ from loadgen.codecs.answers import keep_answers
 from loadgen.core.issue import IssueOutcome, abandon
 from loadgen.core.records import RequestRecord
 from loadgen.core.sessions import NOT_SENT_FAILED, NOT_SENT_STOPPED, SessionSetup
-from loadgen.locust.dispatch import send_guarded, sleep_until
+from loadgen.locust.dispatch import drain, send_guarded, sleep_until
 
 _now = time.perf_counter_ns
 
@@ -134,9 +134,7 @@ class SessionDispatcher:
         issue_end = _now() - t0
         interrupted = stop.is_set()
         if self._live and not interrupted:
-            end = time.monotonic() + self.drain_timeout_s
-            while self._live and not stop.is_set() and time.monotonic() < end:
-                gevent.wait(list(self._live), timeout=min(0.2, max(0.0, end - time.monotonic())), count=1)
+            drain(self._live, stop, self.drain_timeout_s)
         cancelled = self.in_turn
         if self._live:
             interrupted = stop.is_set()
